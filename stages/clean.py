@@ -1,0 +1,214 @@
+"""clean: normalise texts, check labels, drop empty, duplicate and leaked reviews.
+
+Reads data/raw/<split>.csv, writes data/clean/<split>.csv (text, integer label),
+data/clean/labels.json (the label names) and metrics/clean.json (rows in and
+out of each split, and how many rows each rule dropped or fixed).
+"""
+
+import re
+from collections import Counter
+import pandas as pd
+
+from stages.errors import PipelineError, run
+from stages.outputs import atomic_dir, write_json
+from stages.params import Clean, load_params
+from stages.paths import CLEAN_DIR, CLEAN_METRICS, LABELS_FILE, RAW_DIR, SPLITS
+
+ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
+# C0/C1 control characters other than the whitespace ones (\t \n \v \f \r), which collapse to a space below
+CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+WHITESPACE = re.compile(r"\s+")
+FIXES = ("whitespace_normalized", "control_chars_removed", "zero_width_removed")
+MAX_BAD_ROWS_SHOWN = 5
+
+
+def normalize_text(text: str) -> tuple[str, list[str]]:
+    """The cleaned text and the names of the fixes it needed."""
+    fixes = []
+    if ZERO_WIDTH.search(text):
+        text = ZERO_WIDTH.sub("", text)
+        fixes.append("zero_width_removed")
+    if CONTROL.search(text):
+        text = CONTROL.sub("", text)
+        fixes.append("control_chars_removed")
+    collapsed = WHITESPACE.sub(" ", text).strip()
+    if collapsed != text:
+        fixes.append("whitespace_normalized")
+    return collapsed, fixes
+
+
+def normalize_texts(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter, int]:
+    """Normalise every text; drop rows whose text is missing or blank.
+
+    Returns the kept rows, how many rows each fix touched, and how many were dropped.
+    """
+    fixed = Counter({fix: 0 for fix in FIXES})
+    texts = []
+    for text in frame["text"]:
+        cleaned, fixes = normalize_text("" if pd.isna(text) else str(text))
+        fixed.update(fixes)
+        texts.append(cleaned)
+    frame = frame.assign(text=texts)
+    keep = frame["text"] != ""
+    return frame[keep], fixed, int((~keep).sum())
+
+
+def parse_label(value, label_map: dict[str, int]) -> int | None:
+    """The integer id of a raw label cell, or None when it is not a valid label."""
+    if pd.isna(value):
+        return None
+    text = str(value).strip()
+    if label_map:
+        return label_map.get(text)
+    try:
+        number = float(text)  # "1.0" is what a label column with a gap turns into
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() and number >= 0 else None
+
+
+def label_names(params: Clean, raw_ids: list[int]) -> list[str]:
+    """Names of the ids 0..k-1: clean.label_names, else the label_map keys, else the ids themselves."""
+    if params.label_map:
+        k = len(set(params.label_map.values()))
+        if params.label_names and len(params.label_names) != k:
+            raise PipelineError(
+                f"clean.label_names has {len(params.label_names)} names but clean.label_map maps to {k} ids; "
+                "give one name per id, or set clean.label_names: []."
+            )
+        if params.label_names:
+            return list(params.label_names)
+        first_key = {}
+        for key, label_id in params.label_map.items():
+            first_key.setdefault(label_id, key)
+        return [first_key[i] for i in range(k)]
+    if params.label_names:
+        return list(params.label_names)
+    return [str(i) for i in range(max(raw_ids, default=-1) + 1)]
+
+
+def parse_labels(splits: dict[str, pd.DataFrame], params: Clean) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Turn every label into an id in 0..k-1, or stop with the rows that are not."""
+    ids = {name: frame["label"].map(lambda v: parse_label(v, params.label_map)) for name, frame in splits.items()}
+    names = label_names(params, [int(i) for series in ids.values() for i in series.dropna()])
+    allowed = set(range(len(names)))
+    for name, frame in splits.items():
+        bad = ~ids[name].isin(allowed)
+        if bad.any():
+            shown = "; ".join(
+                f"row {row + 1}: {frame['label'][row]!r}" for row in frame.index[bad][:MAX_BAD_ROWS_SHOWN]
+            )
+            how = (
+                "add them to clean.label_map"
+                if params.label_map
+                else "map text labels to ids with clean.label_map (e.g. {negative: 0, positive: 1})"
+            )
+            raise PipelineError(
+                f"{RAW_DIR / f'{name}.csv'}: {int(bad.sum())} label(s) not allowed; allowed: "
+                f"{describe_allowed(params, names)}. First bad rows (row 1 = first review): {shown}. "
+                f"Fix those rows, or {how}, or set clean.label_names to one name per class."
+            )
+    return {name: frame.assign(label=ids[name].astype(int)) for name, frame in splits.items()}, names
+
+
+def describe_allowed(params: Clean, names: list[str]) -> str:
+    if params.label_map:
+        return ", ".join(repr(key) for key in params.label_map) + " (the keys of clean.label_map)"
+    return f"integers 0..{len(names) - 1} (one per name in clean.label_names: {', '.join(names)})"
+
+
+def drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
+    """One row per text. Copies with the same label are duplicates; for a text seen with
+    different labels the majority label wins, and a tie drops the text altogether."""
+    keep, dropped = [], Counter(duplicate=0, conflicting_label=0)
+    for _, group in frame.groupby("text", sort=False):
+        votes = Counter(group["label"]).most_common()
+        if len(votes) > 1 and votes[0][1] == votes[1][1]:
+            dropped["conflicting_label"] += len(group)
+            continue
+        winner = votes[0][0]
+        keep.append(group.index[group["label"] == winner][0])
+        dropped["duplicate"] += votes[0][1] - 1
+        dropped["conflicting_label"] += len(group) - votes[0][1]
+    return frame.loc[sorted(keep)], dropped
+
+
+def drop_cross_split(splits: dict[str, pd.DataFrame], remove: bool) -> dict[str, Counter]:
+    """Texts shared between splits: a test review also in train inflates test accuracy.
+
+    A shared text stays in the later split (test, then validation) and, when `remove`,
+    leaves the earlier ones. The counts are reported either way.
+    """
+    counts = {name: Counter() for name in splits}
+    for i, earlier in enumerate(SPLITS):
+        for later in SPLITS[i + 1 :]:
+            shared = splits[earlier]["text"].isin(set(splits[later]["text"]))
+            counts[earlier][f"also_in_{later}"] = int(shared.sum())
+            if remove:
+                splits[earlier] = splits[earlier][~shared]
+    return counts
+
+
+def check_usable(name: str, frame: pd.DataFrame, report: dict, names: list[str]) -> None:
+    reasons = ", ".join(f"{reason} {count}" for reason, count in report["dropped"].items())
+    if frame.empty:
+        raise PipelineError(
+            f"split '{name}' is empty after cleaning: {report['rows_in']} rows in; dropped: {reasons}. "
+            f"Check the source split (data/raw/{name}.csv) and data.text_column."
+        )
+    if name == "train" and frame["label"].nunique() < 2:
+        only = names[int(frame["label"].iloc[0])]
+        raise PipelineError(
+            f"split 'train' has a single class ('{only}') after cleaning ({len(frame)} rows; dropped: {reasons}). "
+            "A classifier needs at least two; check data.label_column and clean.label_map."
+        )
+
+
+def clean_splits(raw: dict[str, pd.DataFrame], params: Clean) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
+    """The cleaned splits, the label names, and the per-split report for metrics/clean.json."""
+    splits, fixed, dropped = {}, {}, {}
+    for name, frame in raw.items():
+        splits[name], fixed[name], empty = normalize_texts(frame)
+        dropped[name] = Counter(empty_text=empty)
+    splits, names = parse_labels(splits, params)
+    for name in SPLITS:
+        splits[name], counts = drop_duplicates(splits[name])
+        dropped[name].update(counts)
+    overlap = drop_cross_split(splits, params.remove_cross_split_duplicates)
+
+    report = {}
+    for name in SPLITS:
+        if params.remove_cross_split_duplicates:
+            dropped[name].update(overlap[name])
+        frame = splits[name]
+        labels = Counter(frame["label"])
+        report[name] = {
+            "rows_in": len(raw[name]),
+            "rows_out": len(frame),
+            "dropped": dict(dropped[name]),
+            "fixed": dict(fixed[name]),
+            "labels": {label: labels[i] for i, label in enumerate(names)},
+        }
+        if not params.remove_cross_split_duplicates:
+            report[name]["kept_overlap"] = dict(overlap[name])
+        check_usable(name, frame, report[name], names)
+    return splits, names, report
+
+
+def main() -> None:
+    params = load_params().clean
+    raw = {
+        name: pd.read_csv(RAW_DIR / f"{name}.csv", dtype=str, keep_default_na=False, na_values=[""])
+        for name in SPLITS
+    }
+    splits, names, report = clean_splits(raw, params)
+    with atomic_dir(CLEAN_DIR) as out:
+        for name, frame in splits.items():
+            frame.to_csv(out / f"{name}.csv", index=False, encoding="utf-8")
+            print(f"clean: {name}: {report[name]['rows_in']} -> {len(frame)} rows")
+        write_json(out / LABELS_FILE.name, {"names": names})
+    write_json(CLEAN_METRICS, report)
+
+
+if __name__ == "__main__":
+    run(main)

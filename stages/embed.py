@@ -1,0 +1,35 @@
+"""embed: run the frozen encoder once over every split's cached tokens.
+
+Writes data/features/<split>.safetensors (one fp32 vector per review, and its
+label) and data/features/encoder.json (model, max_length, pooling, precision):
+train and evaluate then never touch the encoder again.
+"""
+
+import json
+from safetensors.torch import load_file, save_file
+
+from stages.encoder import choose_device, choose_precision, embed, load_encoder, use_all_cores
+from stages.errors import run
+from stages.outputs import atomic_dir, write_json
+from stages.params import load_params
+from stages.paths import ENCODER_INFO_FILE, FEATURES_DIR, SPLITS, TOKENIZER_INFO_FILE, TOKENS_DIR
+
+def main() -> None:
+    params = load_params().embed
+    tokenizer_info = json.loads(TOKENIZER_INFO_FILE.read_text(encoding="utf-8"))
+    device = choose_device(params.device)
+    precision = choose_precision(params.precision, device)
+    use_all_cores()
+    model = load_encoder(tokenizer_info["model"], device, precision)
+    print(f"embed: {tokenizer_info['model']} on {device} in {precision}, {params.pooling} pooling")
+
+    with atomic_dir(FEATURES_DIR) as out:
+        for split in SPLITS:
+            tokens = load_file(TOKENS_DIR / f"{split}.safetensors")
+            features = embed(model, tokens, params.pooling, params.batch_size, device, progress=f"embed {split}")
+            save_file({"features": features, "labels": tokens["labels"]}, out / f"{split}.safetensors")
+        write_json(out / ENCODER_INFO_FILE.name, {**tokenizer_info, "pooling": params.pooling, "precision": precision})
+
+
+if __name__ == "__main__":
+    run(main)

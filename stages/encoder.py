@@ -1,0 +1,174 @@
+"""The frozen BERT encoder: loading it, choosing device and precision, and turning tokens into features.
+
+Shared by tokenize (tokenizer and length limit), embed, predict and the benchmark.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from stages.errors import PipelineError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_model_folder(name: str, need_weights: bool) -> None:
+    """A local model folder must hold what from_pretrained needs; the hub is only tried for ids."""
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        if name.startswith((".", "/", "~")) or name.count("/") > 1:
+            raise PipelineError(f"model.name: folder {folder} does not exist.")
+        return
+    wanted = {"config.json": ("config.json",), "tokenizer (tokenizer.json or vocab.txt)": TOKENIZER_FILES}
+    if need_weights:
+        wanted["weights (model.safetensors or pytorch_model.bin)"] = WEIGHT_FILES
+    missing = [what for what, files in wanted.items() if not any((folder / f).exists() for f in files)]
+    if missing:
+        raise PipelineError(
+            f"model.name: {folder} lacks {', '.join(missing)}. A complete folder is what "
+            "`AutoModel.from_pretrained(id).save_pretrained(folder)` and "
+            "`AutoTokenizer.from_pretrained(id).save_pretrained(folder)` write."
+        )
+
+
+def model_location(name: str) -> str:
+    """What later stages and predict load the model from: a hub id, or a local folder as an absolute path
+    so that a trained models/ folder still finds its encoder when copied elsewhere."""
+    folder = Path(name).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else name
+
+
+def from_hub(loader, name: str):
+    """Call `loader(name)`, turning a hub failure into a message that says how to work offline."""
+    try:
+        return loader(name)
+    except OSError as err:
+        reason = str(err).splitlines()[0]
+        raise PipelineError(
+            f"could not load model '{name}': {reason}\n"
+            "If the id is right and you are offline, download the model once where the hub is reachable "
+            "(`AutoModel.from_pretrained(id).save_pretrained(folder)`, the same for AutoTokenizer), "
+            "set model.name in params.yaml to that folder, and set HF_HUB_OFFLINE=1."
+        ) from err
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    check_model_folder(name, need_weights=False)
+    tokenizer = from_hub(AutoTokenizer.from_pretrained, name)
+    if not tokenizer.is_fast:
+        raise PipelineError(f"model.name: {name} has no fast tokenizer (tokenizer.json or vocab.txt).")
+    return tokenizer
+
+
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Token ids with [CLS]/[SEP], truncated at max_length and padded only to the longest text.
+
+    Stored compactly (int32 ids, int8 masks); `embed` widens them batch by batch.
+    """
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
+    return {
+        "input_ids": encoded["input_ids"].to(torch.int32),
+        "attention_mask": encoded["attention_mask"].to(torch.int8),
+        "token_type_ids": encoded["token_type_ids"].to(torch.int8),
+        "lengths": encoded["attention_mask"].sum(1),
+    }
+
+
+def max_positions(name: str) -> int:
+    """The longest input the model takes, from its config: a local tokenizer often does not declare it."""
+    check_model_folder(name, need_weights=False)
+    return from_hub(AutoConfig.from_pretrained, name).max_position_embeddings
+
+
+def choose_device(requested: str) -> torch.device:
+    if requested != "auto":
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise PipelineError(f"embed.device is '{requested}' but CUDA is not available here; use auto or cpu.")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise PipelineError(f"embed.device is '{requested}' but MPS is not available here; use auto or cpu.")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_fast_bf16() -> bool:
+    # AMX tiles are what make bf16 matmuls fast on a CPU. AVX512-BF16 alone is not enough:
+    # on the 2-core AMD EPYC (Zen 4) we develop on, a bf16 BERT forward ran ~7x slower than fp32.
+    return torch.cpu._is_amx_tile_supported()
+
+
+def choose_precision(requested: str, device: torch.device) -> str:
+    if requested == "int8" and device.type != "cpu":
+        raise PipelineError("embed.precision int8 (dynamic quantization) runs on the CPU only; set embed.device: cpu.")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def load_encoder(name: str, device: torch.device, precision: str) -> torch.nn.Module:
+    check_model_folder(name, need_weights=True)
+    model = from_hub(lambda n: AutoModel.from_pretrained(n, attn_implementation="sdpa", dtype=torch.float32), name)
+    model.eval().requires_grad_(False)
+    if precision == "int8":
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return model.to(device=device, dtype=DTYPES[precision])
+
+
+def use_all_cores() -> None:
+    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+
+
+def pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "cls":
+        return last_hidden_state[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
+    return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+@torch.inference_mode()
+def embed(
+    model: torch.nn.Module,
+    tokens: dict[str, torch.Tensor],
+    pooling: str,
+    batch_size: int,
+    device: torch.device,
+    progress: str | None = None,
+) -> torch.Tensor:
+    """One fp32 feature vector per review, in the order of `tokens`.
+
+    Reviews are batched longest first and each batch is padded only to its own
+    longest review, so the encoder's work follows the real tokens, not max_length.
+    """
+    lengths = tokens["lengths"]
+    order = torch.argsort(lengths, descending=True, stable=True)
+    features = torch.empty(len(lengths), model.config.hidden_size, dtype=torch.float32)
+    with tqdm(total=int(lengths.sum()), unit="tok", unit_scale=True, desc=progress, disable=progress is None) as bar:
+        for batch in order.split(batch_size):
+            width = int(lengths[batch].max())
+            inputs = {
+                key: tokens[key][batch, :width].to(device=device, dtype=torch.long)
+                for key in ("input_ids", "attention_mask", "token_type_ids")
+            }
+            try:
+                hidden = model(**inputs).last_hidden_state
+            except torch.OutOfMemoryError:
+                raise PipelineError(
+                    f"out of memory on {device} embedding {len(batch)} reviews of {width} tokens. "
+                    f"Lower embed.batch_size (now {batch_size}) in params.yaml, e.g. to {max(1, batch_size // 2)}."
+                ) from None
+            features[batch] = pool(hidden, inputs["attention_mask"], pooling).float().cpu()
+            bar.update(int(lengths[batch].sum()))
+    return features

@@ -1,0 +1,25 @@
+"""User-facing errors: one clear message instead of a traceback."""
+
+import os
+import sys
+from collections.abc import Callable
+
+
+class PipelineError(Exception):
+    """A problem the user can fix: the message names the file, row or param and what to do."""
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage's main(); print a PipelineError as one message and exit 1.
+
+    Set PIPELINE_DEBUG=1 to get the full traceback as well.
+    """
+    try:
+        main()
+    except PipelineError as err:
+        if os.environ.get("PIPELINE_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        if err.__cause__ is not None:
+            print("(set PIPELINE_DEBUG=1 for the full traceback)", file=sys.stderr)
+        sys.exit(1)

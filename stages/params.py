@@ -1,0 +1,138 @@
+"""The one schema of params.yaml.
+
+Every stage calls `load_params()` first, which checks the whole file, so a typo
+anywhere stops the pipeline before any stage does work. Keys have no defaults
+here: params.yaml is the single place where values live.
+"""
+
+import codecs
+import difflib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stages.errors import PipelineError
+
+PARAMS_FILE = Path("params.yaml")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    # strict: "128" is not silently read as 128; forbid: a typo is an error, not a new key
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Data(Section):
+    dataset: Annotated[str, Field(min_length=1)]
+    text_column: Annotated[str, Field(min_length=1)]
+    label_column: Annotated[str, Field(min_length=1)]
+    encoding: str
+    train_split: Annotated[str, Field(min_length=1)]
+    validation_split: Annotated[str, Field(min_length=1)]
+    test_split: Annotated[str, Field(min_length=1)]
+    validation_ratio: Annotated[float, Field(gt=0, lt=1)]
+    split_seed: int
+
+    @field_validator("encoding")
+    @classmethod
+    def known_encoding(cls, value: str) -> str:
+        if value != "auto":
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError("expected 'auto' or a Python codec name such as utf-8, utf-8-sig, gb18030, gbk")
+        return value
+
+
+class Model(Section):
+    name: Annotated[str, Field(min_length=1)]
+
+
+class Clean(Section):
+    label_map: dict[str | int, int]
+    label_names: list[str]
+    remove_cross_split_duplicates: bool
+
+    @field_validator("label_map")
+    @classmethod
+    def ids_are_0_to_k(cls, mapping: dict) -> dict:
+        ids = set(mapping.values())
+        if ids and ids != set(range(len(ids))):
+            raise ValueError(f"label ids must be 0..k-1 without gaps, got {sorted(ids)}")
+        # CSV labels arrive as text: `1: 0` in YAML must match the string "1"
+        return {str(key): value for key, value in mapping.items()}
+
+
+class Tokenize(Section):
+    max_length: Annotated[int, Field(ge=3)]  # [CLS] + at least one token + [SEP]
+
+
+class Embed(Section):
+    pooling: Literal["cls", "mean"]
+    batch_size: PositiveInt
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"]
+
+
+class Train(Section):
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    lr: Annotated[float, Field(gt=0)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    patience: PositiveInt
+    seed: int
+
+
+class Params(Section):
+    data: Data
+    model: Model
+    clean: Clean
+    tokenize: Tokenize
+    embed: Embed
+    train: Train
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found: run from the project root, where params.yaml is.")
+    except yaml.YAMLError as err:
+        raise PipelineError(f"{path} is not valid YAML: {err}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = "\n".join(f"  - {describe(error)}" for error in err.errors())
+        raise PipelineError(f"{path} has {err.error_count()} problem(s):\n{problems}\nFix {path} and run again.")
+
+
+def describe(error: dict) -> str:
+    """One line per problem: the dotted key, the value found and what is allowed."""
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        section = section_model(error["loc"][:-1])
+        allowed = list(section.model_fields)
+        close = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"{key}: unknown key; {hint}allowed keys here: {', '.join(allowed)}"
+    if error["type"] == "missing":
+        return f"{key}: missing; add it (see README.md, 'Params')"
+    value = error["input"]
+    message = error["msg"].removeprefix("Value error, ")
+    hint = ""
+    if isinstance(value, str) and error["type"] in ("int_type", "float_type"):
+        hint = " (write the number without quotes; YAML reads 1e-3 as text, write 1.0e-3 or 0.001)"
+    return f"{key} = {value!r}: {message}{hint}"
+
+
+def section_model(loc: tuple) -> type[BaseModel]:
+    model: type[BaseModel] = Params
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return model

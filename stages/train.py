@@ -1,0 +1,100 @@
+"""train: fit a linear head on the cached features; keep the epoch with the best validation accuracy.
+
+Writes models/head.pt and models/model.json, metrics/train.json (the best epoch)
+and metrics/train_history.csv (loss and accuracy per epoch, a DVC plot).
+"""
+
+import copy
+import json
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import trange
+
+from stages.classifier import load_features, save_classifier
+from stages.errors import run
+from stages.outputs import write_csv, write_json
+from stages.params import Train, load_params
+from stages.paths import ENCODER_INFO_FILE, LABELS_FILE, TRAIN_HISTORY, TRAIN_METRICS
+
+@torch.no_grad()
+def loss_and_accuracy(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    logits = head(x)
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def fit(train: tuple, validation: tuple, num_labels: int, params: Train) -> tuple[torch.nn.Linear, dict, list[dict]]:
+    """The head of the best epoch (validation accuracy, then lower loss), that epoch's row, and one row per epoch run.
+
+    The head learns on standardized features (train mean and std): frozen-encoder
+    features have scales from 1e-3 to 1e1, which plain AdamW steps handle badly.
+    The standardization is folded into the returned Linear, so it takes raw features.
+    """
+    torch.manual_seed(params.seed)
+    x, y = train
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    x = (x - mean) / std
+    validation = ((validation[0] - mean) / std, validation[1])
+    head = torch.nn.Linear(x.shape[1], num_labels)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    shuffle = torch.Generator().manual_seed(params.seed)
+    history, best, best_head = [], None, None
+
+    for epoch in (bar := trange(1, params.epochs + 1, desc="train", unit="epoch")):
+        head.train()
+        for batch in torch.randperm(len(y), generator=shuffle).split(params.batch_size):
+            loss = F.cross_entropy(head(x[batch]), y[batch])  # takes logits: the softmax is inside
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        head.eval()
+        train_loss, train_accuracy = loss_and_accuracy(head, x, y)
+        validation_loss, validation_accuracy = loss_and_accuracy(head, *validation)
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_accuracy": train_accuracy,
+                "validation_loss": validation_loss,
+                "validation_accuracy": validation_accuracy,
+            }
+        )
+        bar.set_postfix(validation_accuracy=f"{validation_accuracy:.4f}")
+        if best is None or (validation_accuracy, -validation_loss) > (best["validation_accuracy"], -best["validation_loss"]):
+            best, best_head = history[-1], copy.deepcopy(head)
+        elif epoch - best["epoch"] >= params.patience:
+            break
+    return fold_standardization(best_head, mean, std), best, history
+
+
+@torch.no_grad()
+def fold_standardization(head: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> torch.nn.Linear:
+    """W((x - mean) / std) + b  ==  (W / std) x + (b - (W / std) mean)"""
+    folded = torch.nn.Linear(head.in_features, head.out_features)
+    folded.weight.copy_(head.weight / std)
+    folded.bias.copy_(head.bias - folded.weight @ mean)
+    return folded.eval()
+
+
+def main() -> None:
+    params = load_params().train
+    torch.use_deterministic_algorithms(True)
+    encoder = json.loads(ENCODER_INFO_FILE.read_text(encoding="utf-8"))
+    label_names = json.loads(LABELS_FILE.read_text(encoding="utf-8"))["names"]
+
+    head, best, history = fit(load_features("train"), load_features("validation"), len(label_names), params)
+    save_classifier(head, {**encoder, "num_labels": len(label_names), "label_names": label_names})
+    write_csv(TRAIN_HISTORY, pd.DataFrame(history).round(6))
+    write_json(
+        TRAIN_METRICS,
+        {
+            "best_epoch": best["epoch"],
+            "epochs_run": len(history),
+            **{key: round(value, 6) for key, value in best.items() if key != "epoch"},
+        },
+    )
+    print(f"train: best epoch {best['epoch']} of {len(history)}, validation accuracy {best['validation_accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    run(main)
