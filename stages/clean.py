@@ -46,7 +46,8 @@ def normalize_texts(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter, int]:
     texts = []
     for text in frame["text"]:
         cleaned, fixes = normalize_text("" if pd.isna(text) else str(text))
-        fixed.update(fixes)
+        if cleaned:  # a text fixed into nothing counts as dropped, not as fixed
+            fixed.update(fixes)
         texts.append(cleaned)
     frame = frame.assign(text=texts)
     keep = frame["text"] != ""

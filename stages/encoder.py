@@ -17,12 +17,15 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def check_model_folder(name: str, need_weights: bool) -> None:
-    """A local model folder must hold what from_pretrained needs; the hub is only tried for ids."""
+def check_model_folder(name: str, need_weights: bool, source: str) -> None:
+    """A local model folder must hold what from_pretrained needs; the hub is only tried for ids.
+
+    `source` says where `name` came from (a param, or a trained model's model.json).
+    """
     folder = Path(name).expanduser()
     if not folder.is_dir():
         if name.startswith((".", "/", "~")) or name.count("/") > 1:
-            raise PipelineError(f"model.name: folder {folder} does not exist.")
+            raise PipelineError(f"{source}: model folder {folder} does not exist.")
         return
     wanted = {"config.json": ("config.json",), "tokenizer (tokenizer.json or vocab.txt)": TOKENIZER_FILES}
     if need_weights:
@@ -30,7 +33,7 @@ def check_model_folder(name: str, need_weights: bool) -> None:
     missing = [what for what, files in wanted.items() if not any((folder / f).exists() for f in files)]
     if missing:
         raise PipelineError(
-            f"model.name: {folder} lacks {', '.join(missing)}. A complete folder is what "
+            f"{source}: model folder {folder} lacks {', '.join(missing)}. A complete folder is what "
             "`AutoModel.from_pretrained(id).save_pretrained(folder)` and "
             "`AutoTokenizer.from_pretrained(id).save_pretrained(folder)` write."
         )
@@ -43,7 +46,7 @@ def model_location(name: str) -> str:
     return str(folder.resolve()) if folder.is_dir() else name
 
 
-def from_hub(loader, name: str):
+def from_hub(loader, name: str, source: str):
     """Call `loader(name)`, turning a hub failure into a message that says how to work offline."""
     try:
         return loader(name)
@@ -53,15 +56,15 @@ def from_hub(loader, name: str):
             f"could not load model '{name}': {reason}\n"
             "If the id is right and you are offline, download the model once where the hub is reachable "
             "(`AutoModel.from_pretrained(id).save_pretrained(folder)`, the same for AutoTokenizer), "
-            "set model.name in params.yaml to that folder, and set HF_HUB_OFFLINE=1."
+            f"point {source} at that folder, and set HF_HUB_OFFLINE=1."
         ) from err
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    check_model_folder(name, need_weights=False)
-    tokenizer = from_hub(AutoTokenizer.from_pretrained, name)
+def load_tokenizer(name: str, source: str = "model.name") -> PreTrainedTokenizerBase:
+    check_model_folder(name, need_weights=False, source=source)
+    tokenizer = from_hub(AutoTokenizer.from_pretrained, name, source)
     if not tokenizer.is_fast:
-        raise PipelineError(f"model.name: {name} has no fast tokenizer (tokenizer.json or vocab.txt).")
+        raise PipelineError(f"{source}: {name} has no fast tokenizer (tokenizer.json or vocab.txt).")
     return tokenizer
 
 
@@ -79,10 +82,10 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_lengt
     }
 
 
-def max_positions(name: str) -> int:
+def max_positions(name: str, source: str = "model.name") -> int:
     """The longest input the model takes, from its config: a local tokenizer often does not declare it."""
-    check_model_folder(name, need_weights=False)
-    return from_hub(AutoConfig.from_pretrained, name).max_position_embeddings
+    check_model_folder(name, need_weights=False, source=source)
+    return from_hub(AutoConfig.from_pretrained, name, source).max_position_embeddings
 
 
 def choose_device(requested: str) -> torch.device:
@@ -118,9 +121,11 @@ def choose_precision(requested: str, device: torch.device) -> str:
     return "fp32"
 
 
-def load_encoder(name: str, device: torch.device, precision: str) -> torch.nn.Module:
-    check_model_folder(name, need_weights=True)
-    model = from_hub(lambda n: AutoModel.from_pretrained(n, attn_implementation="sdpa", dtype=torch.float32), name)
+def load_encoder(name: str, device: torch.device, precision: str, source: str = "model.name") -> torch.nn.Module:
+    check_model_folder(name, need_weights=True, source=source)
+    model = from_hub(
+        lambda n: AutoModel.from_pretrained(n, attn_implementation="sdpa", dtype=torch.float32), name, source
+    )
     model.eval().requires_grad_(False)
     if precision == "int8":
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

@@ -64,7 +64,7 @@ def require_columns(found: list[str], wanted: dict[str, str], where: str) -> Non
         if column not in found:
             raise PipelineError(
                 f"{where}: no column '{column}' (from {param}). Columns found: {', '.join(map(repr, found))}. "
-                f"Set {param} in params.yaml to one of them."
+                f"Set {param} to one of them."
             )
 
 

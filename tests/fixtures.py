@@ -67,3 +67,28 @@ def write_tiny_bert(folder: Path, seed: int = 0, max_positions: int = 128) -> Pa
     )
     BertModel(config).save_pretrained(folder)
     return folder
+
+
+def add_dirty_rows(folder: Path) -> dict:
+    """Append to train.csv one case of each cleaning rule; return the counts clean must report."""
+    train = pd.read_csv(folder / "train.csv")
+    test = pd.read_csv(folder / "test.csv")
+    dirty = pd.DataFrame(
+        [
+            {"text": "   ", "label": 0},  # blank
+            {"text": None, "label": 1},  # missing
+            train.iloc[0].to_dict(),  # exact duplicate
+            {"text": "房间位置很好", "label": 0},  # same text, both labels: a tie, both dropped
+            {"text": "房间位置很好", "label": 1},
+            test.iloc[0].to_dict(),  # leaked from test
+            {"text": "  前台\u200b很好  满意 ", "label": 1},  # zero-width space, extra whitespace
+            {"text": "早餐\x07太差", "label": 0},  # control character
+        ]
+    )
+    pd.concat([train, dirty]).to_csv(folder / "train.csv", index=False)
+    return {
+        "rows_in": len(train) + len(dirty),
+        "rows_out": len(train) + 2,
+        "dropped": {"empty_text": 2, "duplicate": 1, "conflicting_label": 2, "also_in_validation": 0, "also_in_test": 1},
+        "fixed": {"whitespace_normalized": 1, "control_chars_removed": 1, "zero_width_removed": 1},
+    }

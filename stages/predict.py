@@ -1,0 +1,120 @@
+"""predict: classify new reviews with the trained model in models/.
+
+    python -m stages.predict "这家酒店很干净" "书的质量太差了"
+    python -m stages.predict --input reviews.csv --output predictions.csv [--text-column text]
+    cat reviews.txt | python -m stages.predict -
+
+Everything it needs (encoder, max_length, pooling, label names) comes from the
+model folder, not from params.yaml, so a trained models/ folder works anywhere.
+Texts get the same normalisation as in the clean stage.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from stages.classifier import load_classifier
+from stages.clean import normalize_text
+from stages.encoder import (
+    choose_device,
+    choose_precision,
+    embed,
+    encode_texts,
+    load_encoder,
+    load_tokenizer,
+    use_all_cores,
+)
+from stages.errors import PipelineError, run
+from stages.outputs import write_csv
+from stages.paths import MODEL_DIR
+from stages.tables import read_table, require_columns
+
+CHUNK = 2048  # reviews tokenized and embedded together: bounds memory on large files
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("texts", nargs="*", help="reviews to classify; '-' reads one review per line from stdin")
+    parser.add_argument("--input", type=Path, help="CSV or TSV file of reviews")
+    parser.add_argument("--output", type=Path, help="where to write the input rows with their predictions (CSV)")
+    parser.add_argument("--text-column", default="text", help="column of --input that holds the reviews (default: text)")
+    parser.add_argument("--encoding", default="auto", help="encoding of --input (default: auto: UTF-8 or GB18030/GBK)")
+    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="trained model folder (default: models)")
+    parser.add_argument("--batch-size", type=int, default=32, help="reviews per encoder batch (default: 32)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    args = parser.parse_args(argv)
+    if bool(args.texts) == bool(args.input):
+        parser.error("give reviews as arguments (or '-' for stdin), or --input FILE, not both")
+    if args.output and not args.input:
+        parser.error("--output goes with --input")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return args
+
+
+def read_reviews(args: argparse.Namespace) -> tuple[list[str], pd.DataFrame | None]:
+    """The normalised texts, and the input table when reading a file."""
+    if args.input:
+        if not args.input.is_file():
+            raise PipelineError(f"--input {args.input}: no such file.")
+        table = read_table(args.input, args.encoding)
+        require_columns(list(table.columns), {"--text-column": args.text_column}, str(args.input))
+        raw = table[args.text_column].fillna("").tolist()
+    elif args.texts == ["-"]:
+        table, raw = None, [line for line in sys.stdin.read().splitlines() if line.strip()]
+    else:
+        table, raw = None, args.texts
+    texts = [normalize_text(str(text))[0] for text in raw]
+    empty = [i + 1 for i, text in enumerate(texts) if not text]
+    if empty:
+        where = f"{args.input}, column '{args.text_column}'" if args.input else "the reviews given"
+        shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
+        raise PipelineError(f"{where}: {len(empty)} review(s) without text (row 1 = first review): {shown}. Fill them in or remove them.")
+    if not texts:
+        raise PipelineError("no reviews to classify.")
+    return texts, table
+
+
+def predict(texts: list[str], model_dir: Path, batch_size: int, device_name: str) -> tuple[torch.Tensor, list[str]]:
+    """Class probabilities (one row per text) and the class names."""
+    head, info = load_classifier(model_dir)
+    source = f"'model' in {model_dir / 'model.json'}"
+    tokenizer = load_tokenizer(info["model"], source)
+    device = choose_device(device_name)
+    use_all_cores()
+    encoder = load_encoder(info["model"], device, choose_precision("auto", device), source)
+    probabilities = []
+    with tqdm(total=len(texts), unit="review", desc="predict", disable=len(texts) <= batch_size) as bar:
+        for start in range(0, len(texts), CHUNK):
+            chunk = texts[start : start + CHUNK]
+            tokens = encode_texts(tokenizer, chunk, info["max_length"])
+            features = embed(encoder, tokens, info["pooling"], batch_size, device)
+            probabilities.append(torch.softmax(head(features), dim=1))
+            bar.update(len(chunk))
+    return torch.cat(probabilities), info["label_names"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    texts, table = read_reviews(args)
+    probabilities, names = predict(texts, args.model_dir, args.batch_size, args.device)
+    best = probabilities.argmax(1)
+    if args.output:
+        result = table.assign(
+            predicted=[names[i] for i in best],
+            probability=probabilities.max(1).values.numpy().round(4),
+            **{f"probability_{name}": probabilities[:, i].numpy().round(4) for i, name in enumerate(names)},
+        )
+        write_csv(args.output, result)
+        print(f"predict: {len(texts)} reviews -> {args.output}")
+    else:
+        for text, label, probability in zip(texts, best, probabilities.max(1).values):
+            print(f"{names[label]}\t{probability:.4f}\t{text}")
+
+
+if __name__ == "__main__":
+    run(main)

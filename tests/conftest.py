@@ -1,0 +1,127 @@
+"""Shared fixtures: a tiny BERT, small review splits, and throwaway copies of this project
+in which the real `dvc repro` runs on them."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures import add_dirty_rows, write_splits, write_tiny_bert
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Never wait for the hub: without this a hub lookup here takes ~50 s to fail.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+# Small enough to run in seconds, strong enough that the toy task is learnt.
+FIXTURE_PARAMS = {
+    "tokenize.max_length": 64,
+    "embed.batch_size": 16,
+    "train.lr": 0.01,
+    "train.epochs": 100,
+    "train.patience": 10,
+    "train.batch_size": 32,
+}
+
+
+class Project:
+    """A copy of this project in a temporary folder, with its own git repo."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.ran: list[str] = []  # the stages the last repro() ran
+
+    def run(self, *command: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        result = subprocess.run(command, cwd=self.path, capture_output=True, text=True, **kwargs)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", "dvc", *args, check=check)
+
+    def stage(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", f"stages.{name}", *args, check=check)
+
+    def repro(self) -> list[str]:
+        """Run `dvc repro`; return the stages that ran, in order."""
+        output = self.dvc("repro").stdout
+        self.ran = [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+        return self.ran
+
+    def set_params(self, changes: dict) -> None:
+        """Change params.yaml; `changes` maps dotted keys (train.lr) to values."""
+        params = yaml.safe_load((self.path / "params.yaml").read_text(encoding="utf-8"))
+        for key, value in changes.items():
+            section, name = key.split(".")
+            params[section][name] = value
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+    def commit(self, message: str) -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-q", "--allow-empty", "-m", message)
+
+    def json(self, relative: str) -> dict:
+        return json.loads((self.path / relative).read_text(encoding="utf-8"))
+
+    def copy(self, dest: Path) -> "Project":
+        shutil.copytree(self.path, dest, symlinks=True)
+        return Project(dest)
+
+
+def new_project(dest: Path, params: dict) -> Project:
+    """This project's files (as git sees them, committed or not) in `dest`, committed to a fresh repo."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    for relative in filter(None, listed):
+        source = ROOT / relative
+        if source.is_file() and not relative.startswith("tests/"):
+            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / relative)
+    project = Project(dest)
+    project.run("git", "init", "-q")
+    project.run("git", "config", "user.email", "tests@example.com")
+    project.run("git", "config", "user.name", "tests")
+    project.set_params(params)
+    project.commit("project under test")
+    return project
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def reviews_folder(tmp_path_factory) -> tuple[Path, dict]:
+    """CSV splits with a learnable signal plus one dirty row per cleaning rule in train;
+    and the counts clean must report for train."""
+    folder = write_splits(tmp_path_factory.mktemp("data") / "reviews")
+    return folder, add_dirty_rows(folder)
+
+
+@pytest.fixture(scope="session")
+def fixture_params(tiny_bert, reviews_folder) -> dict:
+    return {"data.dataset": str(reviews_folder[0]), "model.name": str(tiny_bert), **FIXTURE_PARAMS}
+
+
+@pytest.fixture
+def project(tmp_path, fixture_params) -> Project:
+    """A fresh, not yet run copy of the project, pointed at the fixtures."""
+    return new_project(tmp_path / "project", fixture_params)
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory, fixture_params) -> Project:
+    """The project after one full `dvc repro`, committed. Copy it before changing it."""
+    project = new_project(tmp_path_factory.mktemp("trained") / "project", fixture_params)
+    project.repro()
+    project.commit("trained")
+    return project

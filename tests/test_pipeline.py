@@ -1,0 +1,124 @@
+"""The whole pipeline, run for real by `dvc repro` on the tiny fixtures."""
+
+import pandas as pd
+from safetensors.torch import load_file
+
+from tests.conftest import FIXTURE_PARAMS
+
+STAGES = ["fetch", "clean", "tokenize", "embed", "train", "evaluate"]
+SPLITS = ["train", "validation", "test"]
+
+
+def test_repro_runs_every_stage_and_writes_every_output(trained_project):
+    assert trained_project.ran == STAGES
+    expected = [
+        *(f"data/raw/{split}.csv" for split in SPLITS),
+        *(f"data/clean/{split}.csv" for split in SPLITS),
+        "data/clean/labels.json",
+        *(f"data/tokens/{split}.safetensors" for split in SPLITS),
+        *(f"data/features/{split}.safetensors" for split in SPLITS),
+        "models/head.pt",
+        "models/model.json",
+        "metrics/clean.json",
+        "metrics/tokenize.json",
+        "metrics/token_lengths.png",
+        "metrics/train.json",
+        "metrics/train_history.csv",
+        "metrics/test.json",
+        "metrics/test_predictions.csv",
+        "metrics/roc.csv",
+        "metrics/misclassified.csv",
+    ]
+    missing = [path for path in expected if not (trained_project.path / path).is_file()]
+    assert missing == []
+    assert not list(trained_project.path.rglob("*.tmp"))
+
+
+def test_clean_reports_each_dirty_row(trained_project, reviews_folder):
+    _, expected = reviews_folder
+    report = trained_project.json("metrics/clean.json")["train"]
+    assert {key: report[key] for key in expected} == expected
+    assert sum(report["labels"].values()) == report["rows_out"]
+    clean_train = pd.read_csv(trained_project.path / "data/clean/train.csv")
+    assert len(clean_train) == expected["rows_out"]
+    assert "前台很好 满意" in set(clean_train["text"])
+
+
+def test_tokenize_reports_lengths_and_truncation(trained_project):
+    max_length = FIXTURE_PARAMS["tokenize.max_length"]
+    report = trained_project.json("metrics/tokenize.json")
+    texts = pd.read_csv(trained_project.path / "data/clean/train.csv")["text"]
+    lengths = texts.str.replace(" ", "").str.len() + 2  # one token per character, plus [CLS] and [SEP]
+    assert report["train"]["max"] == lengths.max()
+    assert report["train"]["truncated"] == (lengths > max_length).sum() > 0
+    assert report["train"]["p50"] <= report["train"]["p90"] <= report["train"]["p99"] <= report["train"]["max"]
+
+    tokens = load_file(trained_project.path / "data/tokens/train.safetensors")
+    assert tokens["input_ids"].shape[0] == len(texts)
+    assert tokens["lengths"].max() == max_length
+    assert (tokens["lengths"] == tokens["attention_mask"].sum(1)).all()
+
+
+def test_embed_writes_one_feature_vector_per_review(trained_project, tiny_bert):
+    for split in SPLITS:
+        features = load_file(trained_project.path / f"data/features/{split}.safetensors")
+        n = len(pd.read_csv(trained_project.path / f"data/clean/{split}.csv"))
+        assert features["features"].shape == (n, 128)
+        assert features["labels"].shape == (n,)
+    assert trained_project.json("data/features/encoder.json")["model"] == str(tiny_bert)
+
+
+def test_train_keeps_the_best_epoch_and_records_the_model(trained_project):
+    metrics = trained_project.json("metrics/train.json")
+    history = pd.read_csv(trained_project.path / "metrics/train_history.csv")
+    assert len(history) == metrics["epochs_run"] <= FIXTURE_PARAMS["train.epochs"]
+    best = history.loc[history["epoch"] == metrics["best_epoch"]].iloc[0]
+    assert best["validation_accuracy"] == history["validation_accuracy"].max()
+    assert metrics["validation_accuracy"] == round(best["validation_accuracy"], 6)
+
+    info = trained_project.json("models/model.json")
+    assert info["label_names"] == ["negative", "positive"]
+    assert info["num_labels"] == 2
+    assert info["max_length"] == FIXTURE_PARAMS["tokenize.max_length"]
+    assert info["pooling"] == "cls"
+
+
+def test_toy_task_reaches_high_test_accuracy(trained_project):
+    metrics = trained_project.json("metrics/test.json")
+    assert metrics["n"] == 60
+    assert metrics["accuracy"] >= 0.9
+    assert metrics["roc_auc"] >= 0.95
+    assert set(metrics) == {"n", "accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc"}
+
+    predictions = pd.read_csv(trained_project.path / "metrics/test_predictions.csv")
+    wrong = pd.read_csv(trained_project.path / "metrics/misclassified.csv")
+    assert len(predictions) == metrics["n"]
+    assert (predictions["actual"] == predictions["predicted"]).mean() == metrics["accuracy"]
+    assert len(wrong) == (predictions["actual"] != predictions["predicted"]).sum()
+
+
+def test_second_repro_does_nothing(trained_project, tmp_path):
+    project = trained_project.copy(tmp_path / "again")
+    assert project.repro() == []
+    assert "up to date" in project.dvc("status").stdout
+
+
+def test_changing_train_params_reruns_only_train_and_evaluate(trained_project, tmp_path):
+    project = trained_project.copy(tmp_path / "batch")
+    project.set_params({"train.batch_size": 16})
+    assert "train.batch_size" in project.dvc("params", "diff").stdout
+    assert project.repro() == ["train", "evaluate"]
+
+
+def test_changing_max_length_reruns_tokenize_and_after_but_not_fetch_or_clean(trained_project, tmp_path):
+    project = trained_project.copy(tmp_path / "max_length")
+    project.set_params({"tokenize.max_length": 32})
+    assert "tokenize.max_length" in project.dvc("params", "diff").stdout
+    assert project.repro() == ["tokenize", "embed", "train", "evaluate"]
+    assert project.json("metrics/tokenize.json")["max_length"] == 32
+
+
+def test_same_params_and_seed_give_identical_metrics(trained_project, project):
+    project.repro()
+    for path in sorted((trained_project.path / "metrics").glob("*.json")):
+        assert (project.path / "metrics" / path.name).read_bytes() == path.read_bytes(), path.name
