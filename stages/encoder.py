@@ -4,6 +4,7 @@ Shared by tokenize (tokenizer and length limit), embed, predict and the benchmar
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -128,7 +129,11 @@ def load_encoder(name: str, device: torch.device, precision: str, source: str = 
     )
     model.eval().requires_grad_(False)
     if precision == "int8":
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        with warnings.catch_warnings():
+            # torch.ao quantization still works in torch 2.13 but warns that it moves to torchao
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return model.to(device=device, dtype=DTYPES[precision])
 
 

@@ -50,11 +50,15 @@ def length_report(lengths: np.ndarray, max_length: int) -> dict:
 
 def plot_lengths(lengths: np.ndarray, max_length: int, path: Path) -> None:
     fraction = (lengths > max_length).mean()
+    # Reviews have a long tail (a few thousand tokens): gather it in the last bar so the body stays readable.
+    upper = int(max(max_length, np.percentile(lengths, 99)) * 1.1)
+    tail = f"; the last bar holds the {int((lengths >= upper).sum())} reviews of {upper}+" if lengths.max() > upper else ""
+    shown = np.minimum(lengths, upper)
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.hist(lengths, bins=min(80, int(lengths.max()) - int(lengths.min()) + 1), color="#4c78a8")
+    ax.hist(shown, bins=min(80, int(shown.max()) - int(shown.min()) + 1), color="#4c78a8")
     ax.axvline(max_length, color="#e45756", linestyle="--", label=f"max_length = {max_length}")
     ax.set(
-        xlabel="tokens per review ([CLS] and [SEP] included, before truncation)",
+        xlabel=f"tokens per review ([CLS] and [SEP] included, before truncation{tail})",
         ylabel="reviews",
         title=f"Training split: {fraction:.1%} of {len(lengths)} reviews truncated at max_length = {max_length}",
     )

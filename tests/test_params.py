@@ -1,0 +1,91 @@
+"""params.yaml is checked once, against one schema, before any stage works."""
+
+import pytest
+import yaml
+
+from stages.errors import PipelineError
+from stages.params import load_params
+from tests.conftest import ROOT
+
+
+def write_params(tmp_path, change) -> object:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    change(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def error_for(tmp_path, change) -> str:
+    with pytest.raises(PipelineError) as caught:
+        load_params(write_params(tmp_path, change))
+    return str(caught.value)
+
+
+def test_the_shipped_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.data.dataset == "lansinuote/ChnSentiCorp"
+    assert params.model.name == "bert-base-chinese"
+
+
+def test_a_misspelt_key_is_named_with_the_closest_allowed_key(tmp_path):
+    message = error_for(tmp_path, lambda p: p["tokenize"].update(max_lenght=p["tokenize"].pop("max_length")))
+    assert "tokenize.max_lenght: unknown key; did you mean 'max_length'?" in message
+    assert "tokenize.max_length: missing" in message
+
+
+def test_a_number_written_as_text_is_refused(tmp_path):
+    message = error_for(tmp_path, lambda p: p["tokenize"].update(max_length="128"))
+    assert "tokenize.max_length = '128'" in message
+    assert "valid integer" in message
+
+
+def test_a_float_in_e_notation_without_a_dot_gets_a_hint(tmp_path):
+    message = error_for(tmp_path, lambda p: p["train"].update(lr="1e-3"))
+    assert "train.lr = '1e-3'" in message and "1.0e-3" in message
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "allowed"),
+    [
+        ("train", "batch_size", 0, "greater than 0"),
+        ("train", "lr", -1, "greater than 0"),
+        ("data", "validation_ratio", 1.5, "less than 1"),
+        ("tokenize", "max_length", 2, "greater than or equal to 3"),
+        ("embed", "pooling", "max", "'cls' or 'mean'"),
+        ("embed", "precision", "int4", "'auto', 'fp32', 'bf16', 'fp16' or 'int8'"),
+        ("embed", "device", "gpu", "auto|cpu|mps|cuda"),
+        ("data", "encoding", "klingon", "codec name"),
+        ("clean", "label_map", {"neg": 0, "pos": 2}, "0..k-1"),
+    ],
+)
+def test_an_impossible_value_is_named_with_what_is_allowed(tmp_path, section, key, value, allowed):
+    message = error_for(tmp_path, lambda p: p[section].update({key: value}))
+    assert f"{section}.{key} = {value!r}" in message
+    assert allowed in message
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    def break_three(params):
+        params["train"]["epochs"] = 0
+        params["embed"]["batch_size"] = -4
+        params["extra"] = 1
+
+    message = error_for(tmp_path, break_three)
+    assert "3 problem(s)" in message
+    assert "train.epochs" in message and "embed.batch_size" in message and "extra: unknown key" in message
+
+
+def test_yaml_int_label_map_keys_match_csv_text_labels(tmp_path):
+    params = load_params(write_params(tmp_path, lambda p: p["clean"].update(label_map={1: 0, 2: 1})))
+    assert params.clean.label_map == {"1": 0, "2": 1}
+
+
+def test_a_stage_stops_on_bad_params_before_doing_any_work(project):
+    project.set_params({"train.batch_size": 0})
+    result = project.stage("fetch", check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: params.yaml has 1 problem(s)")
+    assert "train.batch_size = 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project.path / "data/raw").exists()
