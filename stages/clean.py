@@ -5,8 +5,10 @@ data/clean/labels.json (the label names) and metrics/clean.json (rows in and
 out of each split, and how many rows each rule dropped or fixed).
 """
 
+import itertools
 import re
 from collections import Counter
+
 import pandas as pd
 
 from stages.errors import PipelineError, run
@@ -85,7 +87,22 @@ def label_names(params: Clean, raw_ids: list[int]) -> list[str]:
         return [first_key[i] for i in range(k)]
     if params.label_names:
         return list(params.label_names)
-    return [str(i) for i in range(max(raw_ids, default=-1) + 1)]
+    # ids 1 and 2 would otherwise make three classes, one of them never seen
+    found = sorted(set(raw_ids))
+    unused = max(found, default=-1) + 1 - len(found)
+    if unused:
+        first = next(i for i in itertools.count() if i not in found)
+        raise PipelineError(
+            f"{RAW_DIR}: the labels are the ids {shorten(found)}, so {unused} id(s) below the largest never "
+            f"appear (the first is {first}); ids must be 0..k-1. Map them with clean.label_map "
+            "(e.g. {1: 0, 2: 1} for labels 1 and 2), or set clean.label_names to one name per id 0..k-1."
+        )
+    return [str(i) for i in found]
+
+
+def shorten(ids: list[int]) -> str:
+    shown = ", ".join(map(str, ids[:MAX_BAD_ROWS_SHOWN]))
+    return shown + (f" (and {len(ids) - MAX_BAD_ROWS_SHOWN} more)" if len(ids) > MAX_BAD_ROWS_SHOWN else "")
 
 
 def parse_labels(splits: dict[str, pd.DataFrame], params: Clean) -> tuple[dict[str, pd.DataFrame], list[str]]:
@@ -97,7 +114,7 @@ def parse_labels(splits: dict[str, pd.DataFrame], params: Clean) -> tuple[dict[s
         bad = ~ids[name].isin(allowed)
         if bad.any():
             shown = "; ".join(
-                f"row {row + 1}: {frame['label'][row]!r}" for row in frame.index[bad][:MAX_BAD_ROWS_SHOWN]
+                f"row {row + 1}: {show_cell(frame['label'][row])}" for row in frame.index[bad][:MAX_BAD_ROWS_SHOWN]
             )
             how = (
                 "add them to clean.label_map"
@@ -110,6 +127,10 @@ def parse_labels(splits: dict[str, pd.DataFrame], params: Clean) -> tuple[dict[s
                 f"Fix those rows, or {how}, or set clean.label_names to one name per class."
             )
     return {name: frame.assign(label=ids[name].astype(int)) for name, frame in splits.items()}, names
+
+
+def show_cell(value) -> str:
+    return "(empty)" if pd.isna(value) else repr(value)
 
 
 def describe_allowed(params: Clean, names: list[str]) -> str:

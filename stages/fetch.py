@@ -6,37 +6,58 @@ Each split is written as data/raw/<train|validation|test>.csv with the columns
 `text` and `label`, cells as they came; cleaning is the next stage's job.
 """
 
+import math
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
+from datasets.exceptions import DatasetGenerationError
 
 from stages.errors import PipelineError, run
 from stages.outputs import atomic_dir
 from stages.params import Data, load_params
 from stages.paths import RAW_DIR, SPLITS
-from stages.tables import TABLE_SUFFIXES, detect_encoding, quoting, read_columns, require_columns, separator
+from stages.tables import TABLE_SUFFIXES, csv_options, detect_encoding, read_header, require_columns, unreadable
 
 
 def load_source(data: Data) -> DatasetDict:
     path = Path(data.dataset).expanduser()
     if path.is_dir():
         if (path / "dataset_dict.json").exists():
-            return load_from_disk(str(path))
+            return load_saved(path)
         files = split_files(path)
         if files:
             return load_split_files(files, data)
         found = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
+        hint = ""
+        if (path / "state.json").exists():  # one saved Dataset, not a DatasetDict: no splits to choose from
+            hint = " It looks like a single saved Dataset; save a DatasetDict with train and test splits instead."
         raise PipelineError(
             f"data.dataset: {path} is neither a save_to_disk folder (no dataset_dict.json) nor a folder of "
-            f"split files (train.csv, test.csv, validation.csv, or .tsv). It holds: {found}."
+            f"split files (train.csv, test.csv, validation.csv, or .tsv). It holds: {found}.{hint}"
         )
     if path.exists():
         raise PipelineError(
             f"data.dataset: {path} is a file; point it at the folder that holds train.csv and test.csv (or .tsv)."
         )
     if data.dataset.startswith((".", "/", "~")) or data.dataset.count("/") > 1:
-        raise PipelineError(f"data.dataset: folder {path} does not exist.")
+        raise PipelineError(
+            f"data.dataset: folder {path.absolute()} does not exist. Relative paths start at the project root, "
+            "where params.yaml is."
+        )
     return load_from_hub(data.dataset)
+
+
+def load_saved(path: Path) -> DatasetDict:
+    try:
+        return load_from_disk(str(path))
+    except Exception as err:  # a partly copied folder fails in many ways, all of them fixed by saving it again
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PipelineError(
+            f"data.dataset: {path} has a dataset_dict.json but cannot be loaded with load_from_disk ({reason}). "
+            "Save the dataset again with `save_to_disk`, or copy the whole folder."
+        ) from err
 
 
 def load_from_hub(dataset_id: str) -> DatasetDict:
@@ -44,12 +65,13 @@ def load_from_hub(dataset_id: str) -> DatasetDict:
         return load_dataset(dataset_id)
     except Exception as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # "data/source" reads as a hub id too, so say that it is no local folder either
         raise PipelineError(
-            f"could not load dataset '{dataset_id}' from the Hugging Face Hub ({reason}).\n"
-            "Check the id, or work offline: save the dataset once with "
-            "`load_dataset(...).save_to_disk('data/source')` (or put train.csv / test.csv in a folder), "
-            "set data.dataset in params.yaml to that folder, and set HF_HUB_OFFLINE=1 so lookups do not wait "
-            "for the network."
+            f"data.dataset: '{dataset_id}' is no folder here and could not be loaded from the Hugging Face Hub "
+            f"({reason}).\n"
+            "To work offline, save the dataset once where the hub is reachable "
+            f"(`load_dataset('{dataset_id}').save_to_disk('data/source')`), or put train.csv and test.csv "
+            "(or .tsv) in a folder, and set data.dataset in params.yaml to that folder."
         ) from err
 
 
@@ -64,23 +86,26 @@ def split_files(folder: Path) -> dict[str, Path]:
 
 
 def load_split_files(files: dict[str, Path], data: Data) -> DatasetDict:
+    wanted = {"data.text_column": data.text_column, "data.label_column": data.label_column}
     splits = {}
     for split, file in files.items():
         encoding = detect_encoding(file, data.encoding)
-        columns = read_columns(file, encoding)
-        require_columns(columns, {"data.text_column": data.text_column, "data.label_column": data.label_column}, str(file))
-        splits[split] = load_dataset(
-            "csv",
-            data_files=str(file),
-            split="train",
-            sep=separator(file),
-            quoting=quoting(file),
-            encoding=encoding,
-            # every column as text: labels are checked by clean, and a review such as "NA" stays a review
-            features=Features({column: Value("string") for column in columns}),
-            keep_default_na=False,
-            na_values=[""],
-        )
+        columns = read_header(file, encoding)
+        require_columns(columns, wanted, str(file))
+        try:
+            splits[split] = load_dataset(
+                "csv",
+                data_files=str(file),
+                split="train",
+                encoding=encoding,
+                # every column as text: labels are checked by clean, and a review such as "123" stays text
+                features=Features({column: Value("string") for column in columns}),
+                **csv_options(file),
+            )
+        except DatasetGenerationError as err:
+            if isinstance(err.__cause__, pd.errors.ParserError):
+                raise unreadable(file, err.__cause__) from err
+            raise
     return DatasetDict(splits)
 
 
@@ -100,8 +125,7 @@ def select_splits(source: DatasetDict, data: Data) -> dict[str, Dataset]:
             f"fetch: no split '{data.validation_split}'; carving {data.validation_ratio:.0%} of train "
             f"as validation (seed {data.split_seed})"
         )
-        carved = splits["train"].train_test_split(test_size=data.validation_ratio, seed=data.split_seed)
-        splits["train"], splits["validation"] = carved["train"], carved["test"]
+        splits["train"], splits["validation"] = carve_validation(splits["train"], data)
     for name, split in splits.items():
         require_columns(
             split.column_names,
@@ -109,6 +133,23 @@ def select_splits(source: DatasetDict, data: Data) -> dict[str, Dataset]:
             f"split '{name}' of {data.dataset}",
         )
     return splits
+
+
+def carve_validation(train: Dataset, data: Data) -> tuple[Dataset, Dataset]:
+    """The rows `train.train_test_split(test_size=ratio, seed=seed)` gives, as (train, validation).
+
+    Done by hand because train_test_split writes index cache files next to the source's
+    arrow files, i.e. into the user's save_to_disk folder.
+    """
+    n_validation = math.ceil(data.validation_ratio * len(train))
+    if len(train) - n_validation < 1:
+        raise PipelineError(
+            f"data.validation_ratio: cannot carve a validation split from {len(train)} training row(s). "
+            f"Add a '{data.validation_split}' split to the source, or more training rows."
+        )
+    order = np.random.default_rng(data.split_seed).permutation(len(train))
+    validation, rest = order[:n_validation], order[n_validation:]
+    return train.select(rest, keep_in_memory=True), train.select(validation, keep_in_memory=True)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 import codecs
 import csv
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -53,11 +54,6 @@ def detect_encoding(path: Path, encoding: str = "auto") -> str:
     )
 
 
-def read_columns(path: Path, encoding: str) -> list[str]:
-    header = pd.read_csv(path, sep=separator(path), quoting=quoting(path), encoding=encoding, nrows=0)
-    return [str(column) for column in header.columns]
-
-
 def require_columns(found: list[str], wanted: dict[str, str], where: str) -> None:
     """`wanted` maps a param name to the column it names."""
     for param, column in wanted.items():
@@ -68,14 +64,47 @@ def require_columns(found: list[str], wanted: dict[str, str], where: str) -> Non
             )
 
 
+def csv_options(path: Path) -> dict:
+    """Options for pandas.read_csv, which load_dataset("csv") passes on to it.
+
+    Empty cells are missing values, but "NA" is a review, not a gap. A blank line is a row
+    of missing cells, not nothing: skipping it would shift the number of every row after it.
+    """
+    return {
+        "sep": separator(path),
+        "quoting": quoting(path),
+        "keep_default_na": False,
+        "na_values": [""],
+        "skip_blank_lines": False,
+    }
+
+
+def read_header(path: Path, encoding: str) -> list[str]:
+    try:
+        header = pd.read_csv(path, encoding=encoding, nrows=0, **csv_options(path))
+    except pd.errors.EmptyDataError:
+        raise PipelineError(f"{path} is empty; it needs a header row naming the columns, then one review per row.") from None
+    return [str(column) for column in header.columns]
+
+
+def unreadable(path: Path, err: pd.errors.ParserError) -> PipelineError:
+    # pandas says e.g. "Expected 2 fields in line 3, saw 3", counting the header as line 1
+    reason = str(err).splitlines()[0].removeprefix("Error tokenizing data. C error: ")
+    if separator(path) == "\t":
+        hint = "A review must not contain a tab: replace tabs in reviews by spaces."
+    else:
+        hint = (
+            'A review that contains a comma or a double quote must be in double quotes ("" for a quote '
+            "inside it); or save the file tab-separated, as .tsv."
+        )
+    return PipelineError(f"{path}: cannot be read as a table ({reason}; line 1 is the header). {hint}")
+
+
 def read_table(path: Path, encoding: str = "auto") -> pd.DataFrame:
-    """Every cell as text; empty cells as missing values."""
-    return pd.read_csv(
-        path,
-        sep=separator(path),
-        quoting=quoting(path),
-        encoding=detect_encoding(path, encoding),
-        dtype=str,
-        keep_default_na=False,
-        na_values=[""],
-    )
+    """Every cell as text. Blank lines at the end are only the end of the file and are dropped."""
+    text = path.read_bytes().decode(detect_encoding(path, encoding)).rstrip("\r\n") + "\n"
+    read_header(path, detect_encoding(path, encoding))  # an empty file gets its own message
+    try:
+        return pd.read_csv(io.StringIO(text), dtype=str, **csv_options(path))
+    except pd.errors.ParserError as err:
+        raise unreadable(path, err) from err

@@ -8,15 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import yaml
+# Never wait for the hub: without this a hub lookup here takes ~50 s to fail. Set before anything
+# imports huggingface_hub, which reads it once.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
-from tests.fixtures import add_dirty_rows, write_splits, write_tiny_bert
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from tests.fixtures import add_dirty_rows, write_splits, write_tiny_bert  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# Never wait for the hub: without this a hub lookup here takes ~50 s to fail.
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 # Small enough to run in seconds, strong enough that the toy task is learnt.
 FIXTURE_PARAMS = {

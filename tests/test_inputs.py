@@ -1,0 +1,496 @@
+"""Bad input (issue 3): every way the data, the params or the model can be wrong stops with a message that
+names the file, row, column or param, says what is wrong and what to do; messy but usable input just works.
+
+Stages run in-process in a temporary project root (params.yaml + data/); the command-line behaviour
+(exit 1, one `error:` message, no traceback unless PIPELINE_DEBUG=1) is checked through a Project copy.
+Everything is offline and tiny; the full `dvc repro` is covered by test_pipeline.py.
+"""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import huggingface_hub
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from stages import clean, encoder, fetch
+from stages.errors import PipelineError
+from tests.conftest import ROOT, new_project
+from tests.fixtures import write_tiny_bert
+
+SPLITS = ("train", "validation", "test")
+OLD_SAVE_TO_DISK = ROOT / "tests/data/chnsenticorp-datasets-2.14"
+
+REVIEWS = {
+    "train": [("房间很干净", "1"), ("服务太差", "0"), ("早餐很好", "1"), ("前台冷漠", "0")],
+    "validation": [("推荐这家", "1"), ("很吵闹", "0")],
+    "test": [("很舒服", "1"), ("难吃退货", "0")],
+}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """An empty project root to run stages in: they read ./params.yaml and write ./data and ./metrics."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_params(folder: Path, changes: dict) -> None:
+    """The shipped params.yaml with `changes` (dotted keys such as data.dataset) in `folder`."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        section, name = key.split(".")
+        params[section][name] = value
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+
+
+def write_folder(folder: Path, reviews=REVIEWS, suffix=".csv", encoding="utf-8", header=("text", "label")) -> Path:
+    """One file per split, written line by line as a user's tool would (no quoting); None is an empty cell."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sep = "\t" if suffix == ".tsv" else ","
+    for split, rows in reviews.items():
+        lines = [sep.join(header)] + [sep.join("" if cell is None else cell for cell in row) for row in rows]
+        (folder / f"{split}{suffix}").write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    return folder
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+
+
+def run_fetch(workdir: Path, changes: dict) -> dict[str, pd.DataFrame]:
+    """Run fetch with `changes` to params.yaml; return data/raw/<split>.csv."""
+    write_params(workdir, changes)
+    fetch.main()
+    return {split: read_csv(workdir / f"data/raw/{split}.csv") for split in SPLITS}
+
+
+def fetch_error(workdir: Path, changes: dict) -> str:
+    write_params(workdir, changes)
+    with pytest.raises(PipelineError) as error:
+        fetch.main()
+    return str(error.value)
+
+
+def rows(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    return list(zip(frame["text"], frame["label"]))
+
+
+# Encodings
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_a_gbk_file_is_read_with_auto_encoding(workdir, suffix):
+    source = write_folder(workdir / "source", suffix=suffix, encoding="gbk", header=("评论", "标签"))
+    raw = run_fetch(workdir, {"data.dataset": str(source), "data.text_column": "评论", "data.label_column": "标签"})
+    for split in SPLITS:
+        assert list(raw[split].columns) == ["text", "label"]
+        assert rows(raw[split]) == REVIEWS[split]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_a_gb18030_file_is_read_with_auto_encoding(workdir, suffix):
+    reviews = {**REVIEWS, "train": [*REVIEWS["train"], ("𠀀字不在GBK里", "1")]}  # U+20000 exists in GB18030 only
+    source = write_folder(workdir / "source", reviews, suffix=suffix, encoding="gb18030")
+    raw = run_fetch(workdir, {"data.dataset": str(source)})
+    assert rows(raw["train"]) == reviews["train"]
+
+
+def test_a_utf8_csv_with_bom_is_read_with_auto_encoding(workdir):
+    source = write_folder(workdir / "source", encoding="utf-8-sig")
+    raw = run_fetch(workdir, {"data.dataset": str(source)})
+    assert list(raw["train"].columns) == ["text", "label"]  # the header is 'text', not '\ufefftext'
+    assert rows(raw["train"]) == REVIEWS["train"]
+
+
+def test_a_utf8_csv_with_bom_is_read_with_an_explicit_utf8_encoding(workdir):
+    source = write_folder(workdir / "source", encoding="utf-8-sig")
+    raw = run_fetch(workdir, {"data.dataset": str(source), "data.encoding": "utf-8"})
+    assert rows(raw["train"]) == REVIEWS["train"]
+
+
+def test_an_explicit_encoding_is_honoured(workdir):
+    reviews = {split: [("房間很乾淨", "1"), ("服務太差", "0")] for split in SPLITS}  # traditional Chinese
+    source = write_folder(workdir / "source", reviews, encoding="big5")
+    assert rows(run_fetch(workdir, {"data.dataset": str(source), "data.encoding": "big5"})["test"]) == reviews["test"]
+    # auto would have read the Big5 bytes as (valid but wrong) GB18030
+    assert rows(run_fetch(workdir, {"data.dataset": str(source)})["test"]) != reviews["test"]
+
+
+def test_a_wrong_explicit_encoding_names_the_file_and_data_encoding(workdir):
+    source = write_folder(workdir / "source", encoding="gbk")
+    message = fetch_error(workdir, {"data.dataset": str(source), "data.encoding": "utf-8"})
+    assert message.startswith(f"{source / 'test.csv'}: not valid utf-8")
+    assert "Set data.encoding to the file's encoding, or to auto" in message
+
+
+# Columns and table syntax
+
+
+def test_a_missing_text_column_in_a_csv_folder_lists_the_columns_found(workdir):
+    source = write_folder(workdir / "source", header=("review", "label"))
+    message = fetch_error(workdir, {"data.dataset": str(source)})
+    assert message == (
+        f"{source / 'test.csv'}: no column 'text' (from data.text_column). Columns found: 'review', 'label'. "
+        "Set data.text_column to one of them."
+    )
+
+
+def test_a_missing_label_column_in_a_csv_folder_lists_the_columns_found(workdir):
+    source = write_folder(workdir / "source", header=("text", "sentiment"))
+    message = fetch_error(workdir, {"data.dataset": str(source)})
+    assert "no column 'label' (from data.label_column). Columns found: 'text', 'sentiment'." in message
+
+
+def test_a_missing_label_column_in_a_save_to_disk_folder_lists_the_columns_found(workdir):
+    message = fetch_error(workdir, {"data.dataset": str(OLD_SAVE_TO_DISK), "data.label_column": "sentiment"})
+    assert message.startswith(f"split 'train' of {OLD_SAVE_TO_DISK}: no column 'sentiment'")
+    assert "Columns found: 'text', 'label'. Set data.label_column to one of them." in message
+
+
+def test_a_csv_row_with_an_extra_field_is_named_by_file_and_line(workdir):
+    source = write_folder(workdir / "source")
+    (source / "train.csv").write_text("text,label\n房间很干净,1\n便宜,干净,1\n", encoding="utf-8")
+    message = fetch_error(workdir, {"data.dataset": str(source)})
+    assert message.startswith(f"{source / 'train.csv'}: cannot be read as a table (Expected 2 fields in line 3, saw 3")
+    assert "double quotes" in message
+
+
+def test_an_empty_split_file_is_named(workdir):
+    source = write_folder(workdir / "source")
+    (source / "validation.csv").write_bytes(b"")
+    message = fetch_error(workdir, {"data.dataset": str(source)})
+    assert message.startswith(f"{source / 'validation.csv'} is empty; it needs a header row")
+
+
+# Labels (fetch, then clean)
+
+
+def fetch_and_clean(workdir: Path, source: Path, changes: dict | None = None) -> None:
+    run_fetch(workdir, {"data.dataset": str(source), **(changes or {})})
+    clean.main()
+
+
+def test_labels_outside_the_allowed_set_are_named_with_rows_and_values(workdir):
+    train = [("房间很干净", "1"), ("服务太差", "0"), ("早餐很好", "2"), ("前台冷漠", "0"), ("一般", "好评")]
+    source = write_folder(workdir / "source", {**REVIEWS, "train": train})
+    with pytest.raises(PipelineError) as error:
+        fetch_and_clean(workdir, source)
+    message = str(error.value)
+    assert message.startswith("data/raw/train.csv: 2 label(s) not allowed; allowed: integers 0..1")
+    assert "row 3: '2'; row 5: '好评'" in message
+    assert "clean.label_map" in message and "clean.label_names" in message
+
+
+def test_text_labels_not_covered_by_label_map_are_named_with_rows_and_values(workdir):
+    labels = {"1": "positive", "0": "negative"}
+    reviews = {split: [(text, labels[label]) for text, label in split_rows] for split, split_rows in REVIEWS.items()}
+    reviews["test"] = [("很舒服", "positive"), ("还行吧", "neutral"), ("难吃退货", "Negative")]
+    source = write_folder(workdir / "source", reviews)
+    with pytest.raises(PipelineError) as error:
+        fetch_and_clean(workdir, source, {"clean.label_map": {"negative": 0, "positive": 1}})
+    message = str(error.value)
+    assert message.startswith("data/raw/test.csv: 2 label(s) not allowed; allowed: 'negative', 'positive'")
+    assert "row 2: 'neutral'; row 3: 'Negative'" in message
+    assert "add them to clean.label_map" in message
+
+
+def test_text_labels_covered_by_label_map_become_ids(workdir):
+    labels = {"1": "好评", "0": "差评"}
+    reviews = {split: [(text, labels[label]) for text, label in split_rows] for split, split_rows in REVIEWS.items()}
+    source = write_folder(workdir / "source", reviews)
+    fetch_and_clean(workdir, source, {"clean.label_map": {"差评": 0, "好评": 1}, "clean.label_names": []})
+    assert list(read_csv(workdir / "data/clean/train.csv")["label"]) == ["1", "0", "1", "0"]
+    assert json.loads((workdir / "data/clean/labels.json").read_text(encoding="utf-8")) == {"names": ["差评", "好评"]}
+
+
+# Splits that cannot be used (clean on data/raw files)
+
+
+def write_raw(workdir: Path, reviews: dict) -> None:
+    (workdir / "data/raw").mkdir(parents=True)
+    for split, split_rows in reviews.items():
+        pd.DataFrame(split_rows, columns=["text", "label"]).to_csv(workdir / f"data/raw/{split}.csv", index=False)
+
+
+def test_a_split_empty_after_cleaning_stops_clean_with_the_split_and_counts_per_reason(workdir):
+    write_params(workdir, {})
+    write_raw(workdir, {**REVIEWS, "test": [("   ", "1"), (None, "0"), ("\u200b", "1")]})
+    with pytest.raises(PipelineError) as error:
+        clean.main()
+    assert str(error.value).startswith(
+        "split 'test' is empty after cleaning: 3 rows in; dropped: empty_text 3, duplicate 0, conflicting_label 0."
+    )
+    assert not (workdir / "data/clean").exists() and not (workdir / "metrics/clean.json").exists()
+
+
+def test_a_training_split_with_a_single_class_stops_clean_with_the_counts_per_reason(workdir):
+    write_params(workdir, {})
+    train = [("房间很干净", "1"), ("早餐很好", "1"), ("服务太差", "0"), ("服务太差", "1")]  # the tie is dropped
+    write_raw(workdir, {**REVIEWS, "train": train})
+    with pytest.raises(PipelineError) as error:
+        clean.main()
+    message = str(error.value)
+    assert message.startswith("split 'train' has a single class ('positive') after cleaning (2 rows; dropped:")
+    assert "conflicting_label 2" in message and "at least two" in message
+
+
+# Dirty texts
+
+
+def test_missing_blank_control_and_zero_width_texts_are_cleaned_or_dropped_and_counted(workdir):
+    train = [
+        *REVIEWS["train"],
+        (None, "1"),  # empty cell
+        ("  \t ", "0"),  # whitespace only
+        ("  位置\u200b很好 ,  满意 ", "1"),  # zero-width space, extra whitespace
+        ("早餐\x07太差", "0"),  # control character
+        ("\u200b", "1"),  # nothing but a zero-width space
+    ]
+    source = workdir / "source"
+    write_folder(source)
+    pd.DataFrame(train, columns=["text", "label"]).to_csv(source / "train.csv", index=False)  # quotes the comma
+    fetch_and_clean(workdir, source)
+
+    texts = list(read_csv(workdir / "data/clean/train.csv")["text"])
+    assert texts == [text for text, _ in REVIEWS["train"]] + ["位置很好 , 满意", "早餐太差"]
+    report = json.loads((workdir / "metrics/clean.json").read_text(encoding="utf-8"))["train"]
+    assert report["rows_in"] == 9 and report["rows_out"] == 6
+    assert report["dropped"]["empty_text"] == 3
+    assert report["fixed"] == {"whitespace_normalized": 1, "control_chars_removed": 1, "zero_width_removed": 1}
+
+
+def test_a_blank_line_in_a_csv_is_a_row_without_text_dropped_and_counted(workdir):
+    source = write_folder(workdir / "source")
+    (source / "train.csv").write_text("text,label\n房间很干净,1\n\n服务太差,0\n早餐很好,1\n", encoding="utf-8")
+    fetch_and_clean(workdir, source)
+    assert len(read_csv(workdir / "data/raw/train.csv")) == 4
+    report = json.loads((workdir / "metrics/clean.json").read_text(encoding="utf-8"))["train"]
+    assert (report["rows_out"], report["dropped"]["empty_text"]) == (3, 1)
+
+
+def test_rows_after_a_blank_line_keep_their_numbers_in_errors(workdir):
+    source = write_folder(workdir / "source")
+    (source / "train.csv").write_text("text,label\n房间很干净,1\n\n服务太差,x\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match=r"row 3: 'x'"):
+        fetch_and_clean(workdir, source)
+
+
+# Splits
+
+
+def test_a_requested_split_that_does_not_exist_lists_the_splits_found(workdir):
+    source = write_folder(workdir / "source")
+    message = fetch_error(workdir, {"data.dataset": str(source), "data.test_split": "nope"})
+    assert message == (
+        "data.test_split: the dataset has no split 'nope'. Splits found: test, train, validation. "
+        "Set data.test_split in params.yaml to one of them."
+    )
+
+
+def test_a_missing_validation_split_is_carved_from_train_by_ratio_and_seed(workdir):
+    train = [(f"训练评论{i}", str(i % 2)) for i in range(40)]
+    source = write_folder(workdir / "source", {"train": train, "test": REVIEWS["test"]})
+    changes = {"data.dataset": str(source), "data.validation_ratio": 0.25, "data.split_seed": 7}
+
+    raw = run_fetch(workdir, changes)
+    assert (len(raw["train"]), len(raw["validation"])) == (30, 10)
+    assert set(raw["train"]["text"]).isdisjoint(raw["validation"]["text"])
+    assert sorted(rows(raw["train"]) + rows(raw["validation"])) == sorted(train)
+    assert run_fetch(workdir, changes)["validation"].equals(raw["validation"])  # deterministic
+    other_seed = run_fetch(workdir, {**changes, "data.split_seed": 8})["validation"]
+    assert set(other_seed["text"]) != set(raw["validation"]["text"])
+
+
+def test_carving_validation_from_a_save_to_disk_folder_leaves_the_folder_untouched(workdir):
+    source = shutil.copytree(OLD_SAVE_TO_DISK, workdir / "source")
+    before = sorted(str(path.relative_to(source)) for path in source.rglob("*"))
+    raw = run_fetch(workdir, {"data.dataset": str(source), "data.validation_split": "dev"})
+    assert (len(raw["train"]), len(raw["validation"])) == (5, 1)  # 10% of 6 rows, rounded up
+    assert sorted(str(path.relative_to(source)) for path in source.rglob("*")) == before
+
+
+def test_too_few_training_rows_to_carve_a_validation_split_is_an_error(workdir):
+    source = write_folder(workdir / "source", {"train": [("房间很干净", "1")], "test": REVIEWS["test"]})
+    message = fetch_error(workdir, {"data.dataset": str(source)})
+    assert message.startswith("data.validation_ratio: cannot carve a validation split from 1 training row(s)")
+    assert "Add a 'validation' split" in message
+
+
+# Formats
+
+
+def test_a_save_to_disk_folder_written_by_datasets_2_14_loads(workdir):
+    raw = run_fetch(workdir, {"data.dataset": str(OLD_SAVE_TO_DISK)})
+    assert [len(raw[split]) for split in SPLITS] == [6, 2, 2]
+    assert rows(raw["train"])[:2] == [("房间很干净", "1"), ("服务太差", "0")]
+    assert all(set(raw[split]["label"]) == {"0", "1"} for split in SPLITS)  # ClassLabel ids, not names
+
+
+def test_a_folder_of_tsv_files_loads_and_a_leading_quote_does_not_swallow_lines(workdir):
+    train = [('"好"的开始，后来一般', "1"), ("服务太差", "0"), ('说"还行"的人', "1"), ("前台冷漠", "0")]
+    source = write_folder(workdir / "source", {**REVIEWS, "train": train}, suffix=".tsv")
+    raw = run_fetch(workdir, {"data.dataset": str(source)})
+    assert rows(raw["train"]) == train
+    assert rows(raw["test"]) == REVIEWS["test"]
+
+
+# Where the data is
+
+
+def test_a_dataset_folder_that_does_not_exist_is_named(workdir):
+    message = fetch_error(workdir, {"data.dataset": "./data/source"})
+    assert message.startswith(f"data.dataset: folder {workdir / 'data/source'} does not exist.")
+
+
+def test_a_dataset_name_that_is_neither_a_folder_nor_on_the_hub_says_both(workdir):
+    message = fetch_error(workdir, {"data.dataset": "data/source"})  # reads as a hub id as well
+    assert message.startswith("data.dataset: 'data/source' is no folder here and could not be loaded")
+
+
+def test_a_dataset_path_that_is_a_file_is_refused(workdir):
+    source = write_folder(workdir / "source")
+    message = fetch_error(workdir, {"data.dataset": str(source / "train.csv")})
+    assert message.startswith(f"data.dataset: {source / 'train.csv'} is a file; point it at the folder")
+
+
+def test_a_folder_without_split_files_lists_what_it_holds(workdir):
+    source = workdir / "source"
+    source.mkdir()
+    (source / "reviews.xlsx").write_bytes(b"")
+    message = fetch_error(workdir, {"data.dataset": str(source)})
+    assert "neither a save_to_disk folder" in message and "It holds: reviews.xlsx." in message
+
+
+# The command line
+
+
+@pytest.fixture(scope="module")
+def cli_project(tmp_path_factory):
+    """A project copy whose stages run as the user runs them, with an empty Hugging Face cache.
+
+    Each test writes its own params.yaml there.
+    """
+    project = new_project(tmp_path_factory.mktemp("cli") / "project", {})
+    # an empty cache, so that the hub dataset cannot be found offline even where it was downloaded once
+    hf_home = tmp_path_factory.mktemp("hf-home")
+    env = {key: value for key, value in os.environ.items() if key != "PIPELINE_DEBUG"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"),
+               HF_DATASETS_CACHE=str(hf_home / "datasets"))
+    return project, env
+
+
+def run_stage(cli_project, name: str, **extra_env):
+    project, env = cli_project
+    return project.run(sys.executable, "-m", f"stages.{name}", check=False, env={**env, **extra_env})
+
+
+def assert_one_error_message(result) -> str:
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_an_unreachable_hub_dataset_is_a_short_error_saying_how_to_use_a_local_folder(cli_project):
+    project, _ = cli_project
+    write_params(project.path, {"data.dataset": "lansinuote/ChnSentiCorp"})
+    stderr = assert_one_error_message(run_stage(cli_project, "fetch"))
+    assert "could not be loaded from the Hugging Face Hub" in stderr
+    assert "save_to_disk" in stderr and "set data.dataset in params.yaml to that folder" in stderr
+    assert stderr.rstrip().endswith("(set PIPELINE_DEBUG=1 for the full traceback)")
+    assert len(stderr.splitlines()) <= 3
+
+
+def test_pipeline_debug_gives_the_traceback_of_a_hub_error(cli_project):
+    project, _ = cli_project
+    write_params(project.path, {"data.dataset": "lansinuote/ChnSentiCorp"})
+    result = run_stage(cli_project, "fetch", PIPELINE_DEBUG="1")
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "PipelineError: data.dataset:" in result.stderr
+
+
+def test_a_bad_data_folder_on_the_command_line_is_one_error_message(cli_project, tmp_path):
+    project, _ = cli_project
+    write_params(project.path, {"data.dataset": str(tmp_path / "missing")})
+    stderr = assert_one_error_message(run_stage(cli_project, "fetch"))
+    assert f"folder {tmp_path / 'missing'} does not exist" in stderr
+
+
+def test_a_wrong_encoding_on_the_command_line_is_one_error_message(cli_project, tmp_path):
+    project, _ = cli_project
+    source = write_folder(tmp_path / "source", encoding="gbk")
+    write_params(project.path, {"data.dataset": str(source), "data.encoding": "utf-8"})
+    stderr = assert_one_error_message(run_stage(cli_project, "fetch"))
+    assert "test.csv: not valid utf-8" in stderr and "data.encoding" in stderr
+
+
+# The model
+
+
+def test_an_unreachable_hub_model_is_an_error_saying_how_to_use_a_local_folder():
+    if huggingface_hub.try_to_load_from_cache("bert-base-chinese", "config.json"):
+        pytest.skip("bert-base-chinese is in the local hub cache, so it loads offline")
+    for load in (encoder.load_tokenizer, encoder.max_positions):
+        with pytest.raises(PipelineError) as error:
+            load("bert-base-chinese")
+        message = str(error.value)
+        assert message.startswith("could not load model 'bert-base-chinese'")
+        assert "save_pretrained(folder)" in message and "point model.name at that folder" in message
+        assert isinstance(error.value.__cause__, OSError)  # kept for PIPELINE_DEBUG=1
+
+
+@pytest.mark.parametrize(
+    ("deleted", "missing", "load"),
+    [
+        (["config.json"], "config.json", encoder.load_tokenizer),
+        (["config.json"], "config.json", encoder.max_positions),
+        (["tokenizer.json", "vocab.txt"], "tokenizer (tokenizer.json or vocab.txt)", encoder.load_tokenizer),
+        (["model.safetensors"], "weights (model.safetensors or pytorch_model.bin)",
+         lambda name: encoder.load_encoder(name, torch.device("cpu"), "fp32")),
+    ],
+)
+def test_a_model_folder_without_a_needed_file_names_what_is_missing(tmp_path, deleted, missing, load):
+    folder = write_tiny_bert(tmp_path / "tiny-bert")
+    for name in deleted:
+        (folder / name).unlink()
+    with pytest.raises(PipelineError) as error:
+        load(str(folder))
+    assert str(error.value).startswith(f"model.name: model folder {folder} lacks {missing}.")
+    assert "save_pretrained(folder)" in str(error.value)
+
+
+def test_a_model_folder_that_does_not_exist_is_named(tmp_path):
+    with pytest.raises(PipelineError, match=r"^model.name: model folder .*no-model does not exist"):
+        encoder.load_tokenizer(str(tmp_path / "no-model"))
+
+
+class OutOfMemoryEncoder(torch.nn.Module):
+    """Stands in for BERT: every forward pass runs out of memory, as a too large batch does on a GPU."""
+
+    config = SimpleNamespace(hidden_size=4)
+
+    def forward(self, **inputs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_in_embed_suggests_a_smaller_batch_size():
+    """A unit test of the error path only: no GPU runs out of memory here, the stand-in raises the error."""
+    tokens = {
+        "input_ids": torch.ones(5, 6, dtype=torch.int32),
+        "attention_mask": torch.ones(5, 6, dtype=torch.int8),
+        "token_type_ids": torch.zeros(5, 6, dtype=torch.int8),
+        "lengths": torch.tensor([6, 5, 4, 3, 2]),
+    }
+    with pytest.raises(PipelineError) as error:
+        encoder.embed(OutOfMemoryEncoder(), tokens, "cls", batch_size=4, device=torch.device("cpu"))
+    message = str(error.value)
+    assert message.startswith("out of memory on cpu embedding 4 reviews of 6 tokens.")
+    assert "Lower embed.batch_size (now 4) in params.yaml, e.g. to 2." in message
