@@ -220,8 +220,7 @@ def clean_splits(raw: dict[str, pd.DataFrame], params: Clean) -> tuple[dict[str,
 def main() -> None:
     params = load_params().clean
     raw = {
-        name: pd.read_csv(RAW_DIR / f"{name}.csv", dtype=str, keep_default_na=False, na_values=[""])
-        for name in SPLITS
+        name: pd.read_csv(RAW_DIR / f"{name}.csv", dtype=str, keep_default_na=False, na_values=[""]) for name in SPLITS
     }
     splits, names, report = clean_splits(raw, params)
     with atomic_dir(CLEAN_DIR) as out:

@@ -6,6 +6,7 @@ train and evaluate then never touch the encoder again.
 """
 
 import json
+
 from safetensors.torch import load_file, save_file
 
 from stages.encoder import choose_device, choose_precision, embed, load_encoder, use_all_cores
@@ -13,6 +14,7 @@ from stages.errors import run
 from stages.outputs import atomic_dir, write_json
 from stages.params import load_params
 from stages.paths import ENCODER_INFO_FILE, FEATURES_DIR, SPLITS, TOKENIZER_INFO_FILE, TOKENS_DIR
+
 
 def main() -> None:
     params = load_params().embed

@@ -14,9 +14,10 @@ from sklearn.preprocessing import label_binarize
 
 from stages.classifier import load_classifier, load_features
 from stages.errors import run
-from stages.params import load_params
 from stages.outputs import write_csv, write_json
+from stages.params import load_params
 from stages.paths import CLEAN_DIR, MISCLASSIFIED, ROC_POINTS, TEST_METRICS, TEST_PREDICTIONS
+
 
 def test_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict:
     num_labels = probabilities.shape[1]

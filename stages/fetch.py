@@ -80,7 +80,9 @@ def split_files(folder: Path) -> dict[str, Path]:
     for file in sorted(folder.iterdir()):
         if file.suffix.lower() in TABLE_SUFFIXES and file.is_file():
             if file.stem in files:
-                raise PipelineError(f"data.dataset: {folder} has both {files[file.stem].name} and {file.name}; keep one.")
+                raise PipelineError(
+                    f"data.dataset: {folder} has both {files[file.stem].name} and {file.name}; keep one."
+                )
             files[file.stem] = file
     return files
 

@@ -43,7 +43,9 @@ class Data(Section):
             try:
                 codecs.lookup(value)
             except LookupError:
-                raise ValueError("expected 'auto' or a Python codec name such as utf-8, utf-8-sig, gb18030, gbk")
+                raise ValueError(
+                    "expected 'auto' or a Python codec name such as utf-8, utf-8-sig, gb18030, gbk"
+                ) from None
         return value
 
 
@@ -99,14 +101,16 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PipelineError(f"{path} not found: run from the project root, where params.yaml is.")
+        raise PipelineError(f"{path} not found: run from the project root, where params.yaml is.") from None
     except yaml.YAMLError as err:
-        raise PipelineError(f"{path} is not valid YAML: {err}")
+        raise PipelineError(f"{path} is not valid YAML: {err}") from err
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
         problems = "\n".join(f"  - {describe(error)}" for error in err.errors())
-        raise PipelineError(f"{path} has {err.error_count()} problem(s):\n{problems}\nFix {path} and run again.")
+        raise PipelineError(
+            f"{path} has {err.error_count()} problem(s):\n{problems}\nFix {path} and run again."
+        ) from None
 
 
 def describe(error: dict) -> str:

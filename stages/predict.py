@@ -41,7 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("texts", nargs="*", help="reviews to classify; '-' reads one review per line from stdin")
     parser.add_argument("--input", type=Path, help="CSV or TSV file of reviews")
     parser.add_argument("--output", type=Path, help="where to write the input rows with their predictions (CSV)")
-    parser.add_argument("--text-column", default="text", help="column of --input that holds the reviews (default: text)")
+    parser.add_argument(
+        "--text-column", default="text", help="column of --input that holds the reviews (default: text)"
+    )
     parser.add_argument("--encoding", default="auto", help="encoding of --input (default: auto: UTF-8 or GB18030/GBK)")
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="trained model folder (default: models)")
     parser.add_argument("--batch-size", type=int, default=32, help="reviews per encoder batch (default: 32)")
@@ -73,7 +75,10 @@ def read_reviews(args: argparse.Namespace) -> tuple[list[str], pd.DataFrame | No
     if empty:
         where = f"{args.input}, column '{args.text_column}'" if args.input else "the reviews given"
         shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
-        raise PipelineError(f"{where}: {len(empty)} review(s) without text (row 1 = first review): {shown}. Fill them in or remove them.")
+        raise PipelineError(
+            f"{where}: {len(empty)} review(s) without text (row 1 = first review): {shown}. "
+            "Fill them in or remove them."
+        )
     if not texts:
         raise PipelineError("no reviews to classify.")
     return texts, table

@@ -83,7 +83,9 @@ def read_header(path: Path, encoding: str) -> list[str]:
     try:
         header = pd.read_csv(path, encoding=encoding, nrows=0, **csv_options(path))
     except pd.errors.EmptyDataError:
-        raise PipelineError(f"{path} is empty; it needs a header row naming the columns, then one review per row.") from None
+        raise PipelineError(
+            f"{path} is empty; it needs a header row naming the columns, then one review per row."
+        ) from None
     return [str(column) for column in header.columns]
 
 

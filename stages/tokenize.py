@@ -24,6 +24,7 @@ from stages.outputs import atomic_dir, atomic_file, write_json
 from stages.params import load_params
 from stages.paths import CLEAN_DIR, SPLITS, TOKEN_LENGTHS_PLOT, TOKENIZE_METRICS, TOKENIZER_INFO_FILE, TOKENS_DIR
 
+
 def check_max_length(max_length: int, limit: int, model_name: str) -> None:
     if max_length > limit:
         raise PipelineError(
@@ -52,7 +53,9 @@ def plot_lengths(lengths: np.ndarray, max_length: int, path: Path) -> None:
     fraction = (lengths > max_length).mean()
     # Reviews have a long tail (a few thousand tokens): gather it in the last bar so the body stays readable.
     upper = int(max(max_length, np.percentile(lengths, 99)) * 1.1)
-    tail = f"; the last bar holds the {int((lengths >= upper).sum())} reviews of {upper}+" if lengths.max() > upper else ""
+    tail = (
+        f"; the last bar holds the {int((lengths >= upper).sum())} reviews of {upper}+" if lengths.max() > upper else ""
+    )
     shown = np.minimum(lengths, upper)
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.hist(shown, bins=min(80, int(shown.max()) - int(shown.min()) + 1), color="#4c78a8")

@@ -6,6 +6,7 @@ and metrics/train_history.csv (loss and accuracy per epoch, a DVC plot).
 
 import copy
 import json
+
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from stages.errors import run
 from stages.outputs import write_csv, write_json
 from stages.params import Train, load_params
 from stages.paths import ENCODER_INFO_FILE, LABELS_FILE, TRAIN_HISTORY, TRAIN_METRICS
+
 
 @torch.no_grad()
 def loss_and_accuracy(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -60,7 +62,10 @@ def fit(train: tuple, validation: tuple, num_labels: int, params: Train) -> tupl
             }
         )
         bar.set_postfix(validation_accuracy=f"{validation_accuracy:.4f}")
-        if best is None or (validation_accuracy, -validation_loss) > (best["validation_accuracy"], -best["validation_loss"]):
+        if best is None or (validation_accuracy, -validation_loss) > (
+            best["validation_accuracy"],
+            -best["validation_loss"],
+        ):
             best, best_head = history[-1], copy.deepcopy(head)
         elif epoch - best["epoch"] >= params.patience:
             break

@@ -61,7 +61,9 @@ class Project:
         for key, value in changes.items():
             section, name = key.split(".")
             params[section][name] = value
-        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        (self.path / "params.yaml").write_text(
+            yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8"
+        )
 
     def commit(self, message: str) -> None:
         self.run("git", "add", "-A")
@@ -79,7 +81,10 @@ def new_project(dest: Path, params: dict) -> Project:
     """This project's files (as git sees them, committed or not) in `dest`, committed to a fresh repo."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for relative in filter(None, listed):
         source = ROOT / relative

@@ -89,6 +89,12 @@ def add_dirty_rows(folder: Path) -> dict:
     return {
         "rows_in": len(train) + len(dirty),
         "rows_out": len(train) + 2,
-        "dropped": {"empty_text": 2, "duplicate": 1, "conflicting_label": 2, "also_in_validation": 0, "also_in_test": 1},
+        "dropped": {
+            "empty_text": 2,
+            "duplicate": 1,
+            "conflicting_label": 2,
+            "also_in_validation": 0,
+            "also_in_test": 1,
+        },
         "fixed": {"whitespace_normalized": 1, "control_chars_removed": 1, "zero_width_removed": 1},
     }

@@ -171,8 +171,11 @@ def test_labels_that_are_no_non_negative_integer_are_rejected(cell):
 def test_string_labels_are_mapped_through_label_map():
     params = clean_params(label_map={"negative": 0, "positive": 1})
     splits, names, _ = clean_splits(
-        raw(train=[("很好", "positive"), ("很差", " negative ")], validation=[("还行", "positive")],
-            test=[("不行", "negative")]),
+        raw(
+            train=[("很好", "positive"), ("很差", " negative ")],
+            validation=[("还行", "positive")],
+            test=[("不行", "negative")],
+        ),
         params,
     )
     assert records(splits["train"]) == [("很好", 1), ("很差", 0)]
@@ -246,8 +249,10 @@ def test_label_names_must_match_the_number_of_label_map_ids():
 def test_ids_with_a_gap_stop_and_suggest_a_label_map():
     # 1-based labels would otherwise make a third class, 0, that never occurs
     with pytest.raises(PipelineError, match=r"the labels are the ids 1, 2.*first is 0.*clean.label_map"):
-        clean_splits(raw(train=[("很差", "1"), ("很好", "2")], validation=[("还行", "1")], test=[("不行", "2")]),
-                     clean_params(label_names=[]))
+        clean_splits(
+            raw(train=[("很差", "1"), ("很好", "2")], validation=[("还行", "1")], test=[("不行", "2")]),
+            clean_params(label_names=[]),
+        )
 
 
 def test_a_ten_class_dataset_takes_its_number_of_labels_from_the_data():
@@ -271,7 +276,11 @@ def test_the_report_counts_rows_in_and_out_and_labels_per_name():
     assert report["train"]["rows_out"] == 3
     assert report["train"]["labels"] == {"negative": 1, "positive": 2}
     assert report["train"]["dropped"] == {
-        "empty_text": 1, "duplicate": 1, "conflicting_label": 0, "also_in_validation": 0, "also_in_test": 0
+        "empty_text": 1,
+        "duplicate": 1,
+        "conflicting_label": 0,
+        "also_in_validation": 0,
+        "also_in_test": 0,
     }
 
 

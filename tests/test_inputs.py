@@ -381,8 +381,12 @@ def cli_project(tmp_path_factory):
     # an empty cache, so that the hub dataset cannot be found offline even where it was downloaded once
     hf_home = tmp_path_factory.mktemp("hf-home")
     env = {key: value for key, value in os.environ.items() if key != "PIPELINE_DEBUG"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"),
-               HF_DATASETS_CACHE=str(hf_home / "datasets"))
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(hf_home),
+        HF_HUB_CACHE=str(hf_home / "hub"),
+        HF_DATASETS_CACHE=str(hf_home / "datasets"),
+    )
     return project, env
 
 
@@ -453,8 +457,11 @@ def test_an_unreachable_hub_model_is_an_error_saying_how_to_use_a_local_folder()
         (["config.json"], "config.json", encoder.load_tokenizer),
         (["config.json"], "config.json", encoder.max_positions),
         (["tokenizer.json", "vocab.txt"], "tokenizer (tokenizer.json or vocab.txt)", encoder.load_tokenizer),
-        (["model.safetensors"], "weights (model.safetensors or pytorch_model.bin)",
-         lambda name: encoder.load_encoder(name, torch.device("cpu"), "fp32")),
+        (
+            ["model.safetensors"],
+            "weights (model.safetensors or pytorch_model.bin)",
+            lambda name: encoder.load_encoder(name, torch.device("cpu"), "fp32"),
+        ),
     ],
 )
 def test_a_model_folder_without_a_needed_file_names_what_is_missing(tmp_path, deleted, missing, load):

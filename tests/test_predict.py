@@ -13,7 +13,10 @@ NEGATIVE_REVIEW = "房间很脏太差，前台冷漠，失望退货"
 def predict(project, *args, cwd=None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "stages.predict", *args],
-        cwd=cwd or project.path, capture_output=True, text=True, **kwargs,
+        cwd=cwd or project.path,
+        capture_output=True,
+        text=True,
+        **kwargs,
     )
 
 
@@ -34,7 +37,15 @@ def test_reviews_from_stdin_one_per_line(trained_project):
 def test_a_gbk_tsv_file_gets_a_prediction_per_row(trained_project, tmp_path):
     reviews = pd.DataFrame({"id": [7, 8], "review": [NEGATIVE_REVIEW, POSITIVE_REVIEW]})
     reviews.to_csv(tmp_path / "in.tsv", sep="\t", index=False, encoding="gbk")
-    result = predict(trained_project, "--input", str(tmp_path / "in.tsv"), "--text-column", "review", "--output", str(tmp_path / "out.csv"))
+    result = predict(
+        trained_project,
+        "--input",
+        str(tmp_path / "in.tsv"),
+        "--text-column",
+        "review",
+        "--output",
+        str(tmp_path / "out.csv"),
+    )
     assert result.returncode == 0, result.stderr
     out = pd.read_csv(tmp_path / "out.csv")
     assert out["id"].tolist() == [7, 8]
@@ -46,8 +57,14 @@ def test_a_gbk_tsv_file_gets_a_prediction_per_row(trained_project, tmp_path):
 def test_a_copied_model_folder_works_from_anywhere(trained_project, tmp_path):
     """models/ carries what predict needs; params.yaml is not read."""
     shutil.copytree(trained_project.path / "models", tmp_path / "my-model")
-    result = predict(trained_project, "--model-dir", str(tmp_path / "my-model"), POSITIVE_REVIEW, cwd=tmp_path,
-                     env={**__import__("os").environ, "PYTHONPATH": str(trained_project.path)})
+    result = predict(
+        trained_project,
+        "--model-dir",
+        str(tmp_path / "my-model"),
+        POSITIVE_REVIEW,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(trained_project.path)},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("positive\t")
 
