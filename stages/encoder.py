@@ -110,8 +110,10 @@ def choose_device(requested: str) -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    # AMX tiles are what make bf16 matmuls fast on a CPU. AVX512-BF16 alone is not enough:
-    # on the 2-core AMD EPYC (Zen 4) we develop on, a bf16 BERT forward ran ~7x slower than fp32.
+    # With AMX tiles a CPU runs bf16 matmuls several times faster than fp32. Without them the gain
+    # depends on the CPU and the torch build (on the 2-core AMD EPYC with AVX512-BF16 we develop on,
+    # torch 2.13 ran bf16 about 2x faster than fp32; other builds ran it slower), so `auto` keeps the
+    # fp32 reference there and bf16 stays an opt-in.
     return torch.cpu._is_amx_tile_supported()
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of the pipeline on this machine, run as `python -m bench.<name>`; not tests."""
