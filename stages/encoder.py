@@ -11,7 +11,8 @@ import torch
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from stages.errors import PipelineError
+from stages.errors import PipelineError, first_line
+from stages.paths import must_be_local
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -30,7 +31,7 @@ def check_model_folder(name: str, need_weights: bool, source: str) -> None:
     """
     folder = Path(name).expanduser()
     if not folder.is_dir():
-        if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        if must_be_local(name):
             raise PipelineError(f"{source}: model folder {folder} does not exist.")
         return
     wanted = {"config.json": ("config.json",), "tokenizer (tokenizer.json or vocab.txt)": TOKENIZER_FILES}
@@ -57,9 +58,8 @@ def from_hub(loader, name: str, source: str):
     try:
         return loader(name)
     except OSError as err:
-        reason = str(err).splitlines()[0]
         raise PipelineError(
-            f"could not load model '{name}': {reason}\n"
+            f"could not load model '{name}': {first_line(err)}\n"
             "If the id is right and you are offline, download the model once where the hub is reachable "
             "(`AutoModel.from_pretrained(id).save_pretrained(folder)`, the same for AutoTokenizer), "
             f"point {source} at that folder, and set HF_HUB_OFFLINE=1."

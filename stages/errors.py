@@ -9,6 +9,11 @@ class PipelineError(Exception):
     """A problem the user can fix: the message names the file, row or param and what to do."""
 
 
+def first_line(err: Exception) -> str:
+    """A library error's gist, to quote inside a PipelineError (PIPELINE_DEBUG=1 shows the rest)."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def run(main: Callable[[], None]) -> None:
     """Run a stage's main(); print a PipelineError as one message and exit 1.
 

@@ -14,10 +14,10 @@ import pandas as pd
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 from datasets.exceptions import DatasetGenerationError
 
-from stages.errors import PipelineError, run
+from stages.errors import PipelineError, first_line, run
 from stages.outputs import atomic_dir
 from stages.params import Data, load_params
-from stages.paths import RAW_DIR, SPLITS
+from stages.paths import RAW_DIR, SPLITS, must_be_local
 from stages.tables import TABLE_SUFFIXES, csv_options, detect_encoding, read_header, require_columns, unreadable
 
 
@@ -41,7 +41,7 @@ def load_source(data: Data) -> DatasetDict:
         raise PipelineError(
             f"data.dataset: {path} is a file; point it at the folder that holds train.csv and test.csv (or .tsv)."
         )
-    if data.dataset.startswith((".", "/", "~")) or data.dataset.count("/") > 1:
+    if must_be_local(data.dataset):
         raise PipelineError(
             f"data.dataset: folder {path.absolute()} does not exist. Relative paths start at the project root, "
             "where params.yaml is."
@@ -53,9 +53,9 @@ def load_saved(path: Path) -> DatasetDict:
     try:
         return load_from_disk(str(path))
     except Exception as err:  # a partly copied folder fails in many ways, all of them fixed by saving it again
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise PipelineError(
-            f"data.dataset: {path} has a dataset_dict.json but cannot be loaded with load_from_disk ({reason}). "
+            f"data.dataset: {path} has a dataset_dict.json but cannot be loaded with load_from_disk "
+            f"({first_line(err)}). "
             "Save the dataset again with `save_to_disk`, or copy the whole folder."
         ) from err
 
@@ -64,14 +64,14 @@ def load_from_hub(dataset_id: str) -> DatasetDict:
     try:
         return load_dataset(dataset_id)
     except Exception as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         # "data/source" reads as a hub id too, so say that it is no local folder either
         raise PipelineError(
             f"data.dataset: '{dataset_id}' is no folder here and could not be loaded from the Hugging Face Hub "
-            f"({reason}).\n"
+            f"({first_line(err)}).\n"
             "To work offline, save the dataset once where the hub is reachable "
             f"(`load_dataset('{dataset_id}').save_to_disk('data/source')`), or put train.csv and test.csv "
-            "(or .tsv) in a folder, and set data.dataset in params.yaml to that folder."
+            "(or .tsv) in a folder, set data.dataset in params.yaml to that folder, and set HF_HUB_OFFLINE=1 "
+            "so that lookups do not wait for the network."
         ) from err
 
 

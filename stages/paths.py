@@ -22,3 +22,8 @@ TEST_METRICS = Path("metrics/test.json")
 TEST_PREDICTIONS = Path("metrics/test_predictions.csv")
 ROC_POINTS = Path("metrics/roc.csv")
 MISCLASSIFIED = Path("metrics/misclassified.csv")
+
+
+def must_be_local(name: str) -> bool:
+    """Whether a dataset or model name can only mean a local folder: hub ids are `name` or `owner/name`."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.errors import PipelineError
+from stages.errors import PipelineError, first_line
 
 TABLE_SUFFIXES = (".csv", ".tsv")
 
@@ -91,7 +91,7 @@ def read_header(path: Path, encoding: str) -> list[str]:
 
 def unreadable(path: Path, err: pd.errors.ParserError) -> PipelineError:
     # pandas says e.g. "Expected 2 fields in line 3, saw 3", counting the header as line 1
-    reason = str(err).splitlines()[0].removeprefix("Error tokenizing data. C error: ")
+    reason = first_line(err).removeprefix("Error tokenizing data. C error: ")
     if separator(path) == "\t":
         hint = "A review must not contain a tab: replace tabs in reviews by spaces."
     else:

@@ -2,9 +2,10 @@
 
 Writes data/tokens/<split>.safetensors (input_ids, attention_mask, token_type_ids,
 labels, lengths) with data/tokens/tokenizer.json (which model, which max_length),
-metrics/tokenize.json (length percentiles before truncation and
-the share truncated at tokenize.max_length) and metrics/token_lengths.png, the
-length histogram of the training split: what a user reads to pick max_length.
+metrics/tokenize.json (per split: length percentiles before truncation, the share
+truncated at tokenize.max_length, the share of unknown tokens) and
+metrics/token_lengths.png, the length histogram of the training split: what a user
+reads to pick max_length.
 """
 
 from pathlib import Path
@@ -23,6 +24,9 @@ from stages.errors import PipelineError, run
 from stages.outputs import atomic_dir, atomic_file, write_json
 from stages.params import load_params
 from stages.paths import CLEAN_DIR, SPLITS, TOKEN_LENGTHS_PLOT, TOKENIZE_METRICS, TOKENIZER_INFO_FILE, TOKENS_DIR
+
+# A Chinese model reads almost every character of a Chinese review; many [UNK] mean a wrong model.
+UNKNOWN_WARNING = 0.05
 
 
 def check_max_length(max_length: int, limit: int, model_name: str) -> None:
@@ -47,6 +51,12 @@ def length_report(lengths: np.ndarray, max_length: int) -> dict:
         "truncated": truncated,
         "truncated_fraction": round(truncated / len(lengths), 4),
     }
+
+
+def unknown_fraction(ids: list[list[int]], unk_id: int) -> float:
+    """Share of the tokens (special ones included) that the vocabulary does not know."""
+    total = sum(len(row) for row in ids)
+    return round(sum(row.count(unk_id) for row in ids) / total, 4) if total else 0.0
 
 
 def plot_lengths(lengths: np.ndarray, max_length: int, path: Path) -> None:
@@ -85,12 +95,21 @@ def main() -> None:
         for split in SPLITS:
             frame = pd.read_csv(CLEAN_DIR / f"{split}.csv", dtype={"text": str, "label": int}, keep_default_na=False)
             texts = frame["text"].tolist()
-            full_lengths = np.array([len(ids) for ids in tokenizer(texts, verbose=False)["input_ids"]])
+            full_ids = tokenizer(texts, verbose=False)["input_ids"]
+            full_lengths = np.array([len(ids) for ids in full_ids])
             tokens = encode_texts(tokenizer, texts, max_length)
             tokens["labels"] = torch.tensor(frame["label"].to_numpy(), dtype=torch.int64)
             save_file(tokens, out / f"{split}.safetensors")
-            report[split] = length_report(full_lengths, max_length)
+            report[split] = {
+                **length_report(full_lengths, max_length),
+                "unknown_fraction": unknown_fraction(full_ids, tokenizer.unk_token_id),
+            }
             print(f"tokenize: {split}: {len(texts)} reviews, {report[split]['truncated']} truncated")
+            if report[split]["unknown_fraction"] > UNKNOWN_WARNING:
+                print(
+                    f"tokenize: warning: {report[split]['unknown_fraction']:.0%} of the {split} tokens are "
+                    f"{tokenizer.unk_token}: does model.name ({name}) have a vocabulary for this language?"
+                )
             if split == "train":
                 plot_lengths(full_lengths, max_length, TOKEN_LENGTHS_PLOT)
     write_json(TOKENIZE_METRICS, report)

@@ -8,7 +8,7 @@ from transformers import AutoModel
 from stages import encoder
 from stages.encoder import choose_precision, embed, encode_texts, load_tokenizer, pool
 from stages.errors import PipelineError
-from stages.tokenize import check_max_length, length_report
+from stages.tokenize import check_max_length, length_report, unknown_fraction
 from tests.fixtures import reviews
 
 
@@ -94,3 +94,9 @@ def test_length_report_gives_percentiles_and_the_truncated_share():
     assert report["max"] == 500
     assert report["truncated"] == 2
     assert report["truncated_fraction"] == 0.4
+
+
+def test_unknown_fraction_counts_tokens_the_vocabulary_lacks():
+    unk = 100
+    assert unknown_fraction([[101, unk, 7, 102], [101, unk, unk, 102]], unk) == 0.375
+    assert unknown_fraction([[101, 102]], unk) == 0.0

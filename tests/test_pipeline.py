@@ -52,6 +52,7 @@ def test_tokenize_reports_lengths_and_truncation(trained_project):
     assert report["train"]["max"] == lengths.max()
     assert report["train"]["truncated"] == (lengths > max_length).sum() > 0
     assert report["train"]["p50"] <= report["train"]["p90"] <= report["train"]["p99"] <= report["train"]["max"]
+    assert report["train"]["unknown_fraction"] == 0.0  # the fixture vocabulary holds every character
 
     tokens = load_file(trained_project.path / "data/tokens/train.safetensors")
     assert tokens["input_ids"].shape[0] == len(texts)
