@@ -18,6 +18,7 @@ from stages.errors import PipelineError
 PARAMS_FILE = Path("params.yaml")
 
 PositiveInt = Annotated[int, Field(gt=0)]
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 
 
 class Section(BaseModel):
@@ -75,7 +76,7 @@ class Tokenize(Section):
 class Embed(Section):
     pooling: Literal["cls", "mean"]
     batch_size: PositiveInt
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)]
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"]
 
 

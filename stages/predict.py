@@ -10,6 +10,7 @@ Texts get the same normalisation as in the clean stage.
 """
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from stages.encoder import (
 )
 from stages.errors import PipelineError, run
 from stages.outputs import write_csv
+from stages.params import DEVICE_PATTERN
 from stages.paths import MODEL_DIR
 from stages.tables import read_table, require_columns
 
@@ -48,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="trained model folder (default: models)")
     parser.add_argument("--batch-size", type=int, default=32, help="reviews per encoder batch (default: 32)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16", "int8"],
+        help="encoder precision, as embed.precision (default: auto)",
+    )
     args = parser.parse_args(argv)
     if bool(args.texts) == bool(args.input):
         parser.error("give reviews as arguments (or '-' for stdin), or --input FILE, not both")
@@ -55,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--output goes with --input")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if not re.match(DEVICE_PATTERN, args.device):
+        parser.error(f"--device {args.device}: expected auto, cpu, cuda, cuda:N or mps")
     return args
 
 
@@ -84,14 +94,16 @@ def read_reviews(args: argparse.Namespace) -> tuple[list[str], pd.DataFrame | No
     return texts, table
 
 
-def predict(texts: list[str], model_dir: Path, batch_size: int, device_name: str) -> tuple[torch.Tensor, list[str]]:
+def predict(
+    texts: list[str], model_dir: Path, batch_size: int, device_name: str, precision: str
+) -> tuple[torch.Tensor, list[str]]:
     """Class probabilities (one row per text) and the class names."""
     head, info = load_classifier(model_dir)
     source = f"'model' in {model_dir / 'model.json'}"
     tokenizer = load_tokenizer(info["model"], source)
     device = choose_device(device_name)
     use_all_cores()
-    encoder = load_encoder(info["model"], device, choose_precision("auto", device), source)
+    encoder = load_encoder(info["model"], device, choose_precision(precision, device), source)
     probabilities = []
     with tqdm(total=len(texts), unit="review", desc="predict", disable=len(texts) <= batch_size) as bar:
         for start in range(0, len(texts), CHUNK):
@@ -106,7 +118,7 @@ def predict(texts: list[str], model_dir: Path, batch_size: int, device_name: str
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     texts, table = read_reviews(args)
-    probabilities, names = predict(texts, args.model_dir, args.batch_size, args.device)
+    probabilities, names = predict(texts, args.model_dir, args.batch_size, args.device, args.precision)
     best = probabilities.argmax(1)
     if args.output:
         result = table.assign(
