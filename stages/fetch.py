@@ -87,13 +87,16 @@ def split_files(folder: Path) -> dict[str, Path]:
     return files
 
 
+def column_params(data: Data) -> dict[str, str]:
+    return {"data.text_column": data.text_column, "data.label_column": data.label_column}
+
+
 def load_split_files(files: dict[str, Path], data: Data) -> DatasetDict:
-    wanted = {"data.text_column": data.text_column, "data.label_column": data.label_column}
     splits = {}
     for split, file in files.items():
         encoding = detect_encoding(file, data.encoding)
         columns = read_header(file, encoding)
-        require_columns(columns, wanted, str(file))
+        require_columns(columns, column_params(data), str(file))
         try:
             splits[split] = load_dataset(
                 "csv",
@@ -129,11 +132,7 @@ def select_splits(source: DatasetDict, data: Data) -> dict[str, Dataset]:
         )
         splits["train"], splits["validation"] = carve_validation(splits["train"], data)
     for name, split in splits.items():
-        require_columns(
-            split.column_names,
-            {"data.text_column": data.text_column, "data.label_column": data.label_column},
-            f"split '{name}' of {data.dataset}",
-        )
+        require_columns(split.column_names, column_params(data), f"split '{name}' of {data.dataset}")
     return splits
 
 

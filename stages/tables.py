@@ -104,8 +104,9 @@ def unreadable(path: Path, err: pd.errors.ParserError) -> PipelineError:
 
 def read_table(path: Path, encoding: str = "auto") -> pd.DataFrame:
     """Every cell as text. Blank lines at the end are only the end of the file and are dropped."""
-    text = path.read_bytes().decode(detect_encoding(path, encoding)).rstrip("\r\n") + "\n"
-    read_header(path, detect_encoding(path, encoding))  # an empty file gets its own message
+    encoding = detect_encoding(path, encoding)
+    read_header(path, encoding)  # an empty file gets its own message
+    text = path.read_bytes().decode(encoding).rstrip("\r\n") + "\n"
     try:
         return pd.read_csv(io.StringIO(text), dtype=str, **csv_options(path))
     except pd.errors.ParserError as err:
