@@ -83,10 +83,12 @@ def read_header(path: Path, encoding: str) -> list[str]:
     try:
         header = pd.read_csv(path, encoding=encoding, nrows=0, **csv_options(path))
     except pd.errors.EmptyDataError:
-        raise PipelineError(
-            f"{path} is empty; it needs a header row naming the columns, then one review per row."
-        ) from None
+        raise empty(path) from None
     return [str(column) for column in header.columns]
+
+
+def empty(path: Path) -> PipelineError:
+    return PipelineError(f"{path} is empty; it needs a header row naming the columns, then one review per row.")
 
 
 def unreadable(path: Path, err: pd.errors.ParserError) -> PipelineError:
@@ -104,10 +106,10 @@ def unreadable(path: Path, err: pd.errors.ParserError) -> PipelineError:
 
 def read_table(path: Path, encoding: str = "auto") -> pd.DataFrame:
     """Every cell as text. Blank lines at the end are only the end of the file and are dropped."""
-    encoding = detect_encoding(path, encoding)
-    read_header(path, encoding)  # an empty file gets its own message
-    text = path.read_bytes().decode(encoding).rstrip("\r\n") + "\n"
+    text = path.read_bytes().decode(detect_encoding(path, encoding)).rstrip("\r\n") + "\n"
     try:
         return pd.read_csv(io.StringIO(text), dtype=str, **csv_options(path))
+    except pd.errors.EmptyDataError:
+        raise empty(path) from None
     except pd.errors.ParserError as err:
         raise unreadable(path, err) from err
