@@ -41,11 +41,19 @@ import transformers
 import yaml
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertTokenizer, PreTrainedTokenizerBase
 
-from stages.encoder import choose_precision, embed, encode_texts, load_encoder, load_tokenizer, pool, use_all_cores
-from stages.params import Params, Train, load_params
-from stages.paths import CLEAN_DIR, FEATURES_DIR, SPLITS, TOKENS_DIR
 from stages.train import fit
 from tests.fixtures import write_splits, write_tiny_bert
+from zh_sentiment.encoder import (
+    choose_precision,
+    embed,
+    encode_texts,
+    load_encoder,
+    load_tokenizer,
+    pool,
+    use_all_cores,
+)
+from zh_sentiment.params import Params, Train, load_params
+from zh_sentiment.paths import CLEAN_DIR, FEATURES_DIR, SPLITS, TOKENS_DIR
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_CONFIG = (

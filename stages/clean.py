@@ -6,37 +6,17 @@ out of each split, and how many rows each rule dropped or fixed).
 """
 
 import itertools
-import re
 from collections import Counter
 
 import pandas as pd
 
-from stages.errors import PipelineError, run
-from stages.outputs import atomic_dir, write_json
-from stages.params import Clean, load_params
-from stages.paths import CLEAN_DIR, CLEAN_METRICS, LABELS_FILE, RAW_DIR, SPLITS
+from zh_sentiment.errors import PipelineError, run
+from zh_sentiment.outputs import atomic_dir, write_json
+from zh_sentiment.params import Clean, load_params
+from zh_sentiment.paths import CLEAN_DIR, CLEAN_METRICS, LABELS_FILE, RAW_DIR, SPLITS
+from zh_sentiment.text import FIXES, normalize_text
 
-ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
-# C0/C1 control characters other than the whitespace ones (\t \n \v \f \r), which collapse to a space below
-CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")
-WHITESPACE = re.compile(r"\s+")
-FIXES = ("whitespace_normalized", "control_chars_removed", "zero_width_removed")
 MAX_BAD_ROWS_SHOWN = 5
-
-
-def normalize_text(text: str) -> tuple[str, list[str]]:
-    """The cleaned text and the names of the fixes it needed."""
-    fixes = []
-    if ZERO_WIDTH.search(text):
-        text = ZERO_WIDTH.sub("", text)
-        fixes.append("zero_width_removed")
-    if CONTROL.search(text):
-        text = CONTROL.sub("", text)
-        fixes.append("control_chars_removed")
-    collapsed = WHITESPACE.sub(" ", text).strip()
-    if collapsed != text:
-        fixes.append("whitespace_normalized")
-    return collapsed, fixes
 
 
 def normalize_texts(frame: pd.DataFrame) -> tuple[pd.DataFrame, Counter, int]:

@@ -1,7 +1,7 @@
 """embed: run the frozen encoder once over every split's cached tokens.
 
 Writes data/features/<split>.safetensors (one fp32 vector per review, and its
-label) and data/features/encoder.json (model, max_length, pooling, precision):
+label) and data/features/embedding.json (model, max_length, pooling, precision):
 train and evaluate then never touch the encoder again.
 """
 
@@ -9,16 +9,16 @@ import json
 
 from safetensors.torch import load_file, save_file
 
-from stages.encoder import choose_device, choose_precision, embed, load_encoder, use_all_cores
-from stages.errors import run
-from stages.outputs import atomic_dir, write_json
-from stages.params import load_params
-from stages.paths import ENCODER_INFO_FILE, FEATURES_DIR, SPLITS, TOKENIZER_INFO_FILE, TOKENS_DIR
+from zh_sentiment.encoder import choose_device, choose_precision, embed, load_encoder, use_all_cores
+from zh_sentiment.errors import run
+from zh_sentiment.outputs import atomic_dir, write_json
+from zh_sentiment.params import load_params
+from zh_sentiment.paths import EMBEDDING_FILE, FEATURES_DIR, SPLITS, TOKENIZATION_FILE, TOKENS_DIR
 
 
 def main() -> None:
     params = load_params().embed
-    tokenizer_info = json.loads(TOKENIZER_INFO_FILE.read_text(encoding="utf-8"))
+    tokenizer_info = json.loads(TOKENIZATION_FILE.read_text(encoding="utf-8"))
     device = choose_device(params.device)
     precision = choose_precision(params.precision, device)
     use_all_cores()
@@ -30,7 +30,7 @@ def main() -> None:
             tokens = load_file(TOKENS_DIR / f"{split}.safetensors")
             features = embed(model, tokens, params.pooling, params.batch_size, device, progress=f"embed {split}")
             save_file({"features": features, "labels": tokens["labels"]}, out / f"{split}.safetensors")
-        write_json(out / ENCODER_INFO_FILE.name, {**tokenizer_info, "pooling": params.pooling, "precision": precision})
+        write_json(out / EMBEDDING_FILE.name, {**tokenizer_info, "pooling": params.pooling, "precision": precision})
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ import pandas as pd
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 from datasets.exceptions import DatasetGenerationError
 
-from stages.errors import PipelineError, first_line, run
-from stages.outputs import atomic_dir
-from stages.params import Data, load_params
-from stages.paths import RAW_DIR, SPLITS, must_be_local
-from stages.tables import TABLE_SUFFIXES, csv_options, detect_encoding, read_header, require_columns, unreadable
+from zh_sentiment.errors import PipelineError, first_line, run
+from zh_sentiment.outputs import atomic_dir
+from zh_sentiment.params import Data, load_params
+from zh_sentiment.paths import RAW_DIR, SPLITS, must_be_local
+from zh_sentiment.tables import TABLE_SUFFIXES, csv_options, detect_encoding, read_header, require_columns, unreadable
 
 
 def load_source(data: Data) -> DatasetDict:

@@ -1,7 +1,7 @@
 """tokenize: turn each clean split into cached token tensors, and report review lengths.
 
 Writes data/tokens/<split>.safetensors (input_ids, attention_mask, token_type_ids,
-labels, lengths) with data/tokens/tokenizer.json (which model, which max_length),
+labels, lengths) with data/tokens/tokenization.json (which model, which max_length),
 metrics/tokenize.json (per split: length percentiles before truncation, the share
 truncated at tokenize.max_length, the share of unknown tokens) and
 metrics/token_lengths.png, the length histogram of the training split: what a user
@@ -19,11 +19,11 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from stages.encoder import encode_texts, load_tokenizer, max_positions, model_location
-from stages.errors import PipelineError, run
-from stages.outputs import atomic_dir, atomic_file, write_json
-from stages.params import load_params
-from stages.paths import CLEAN_DIR, SPLITS, TOKEN_LENGTHS_PLOT, TOKENIZE_METRICS, TOKENIZER_INFO_FILE, TOKENS_DIR
+from zh_sentiment.encoder import encode_texts, load_tokenizer, max_positions, model_location
+from zh_sentiment.errors import PipelineError, run
+from zh_sentiment.outputs import atomic_dir, atomic_file, write_json
+from zh_sentiment.params import load_params
+from zh_sentiment.paths import CLEAN_DIR, SPLITS, TOKEN_LENGTHS_PLOT, TOKENIZATION_FILE, TOKENIZE_METRICS, TOKENS_DIR
 
 # A Chinese model reads almost every character of a Chinese review; many [UNK] mean a wrong model.
 UNKNOWN_WARNING = 0.05
@@ -91,7 +91,7 @@ def main() -> None:
 
     report = {"max_length": max_length, "model_max_positions": limit}
     with atomic_dir(TOKENS_DIR) as out:
-        write_json(out / TOKENIZER_INFO_FILE.name, {"model": model_location(name), "max_length": max_length})
+        write_json(out / TOKENIZATION_FILE.name, {"model": model_location(name), "max_length": max_length})
         for split in SPLITS:
             frame = pd.read_csv(CLEAN_DIR / f"{split}.csv", dtype={"text": str, "label": int}, keep_default_na=False)
             texts = frame["text"].tolist()

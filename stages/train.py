@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import trange
 
-from stages.classifier import load_features, save_classifier
-from stages.errors import run
-from stages.outputs import write_csv, write_json
-from stages.params import Train, load_params
-from stages.paths import ENCODER_INFO_FILE, LABELS_FILE, TRAIN_HISTORY, TRAIN_METRICS
+from zh_sentiment.classifier import load_features, save_classifier
+from zh_sentiment.errors import run
+from zh_sentiment.outputs import write_csv, write_json
+from zh_sentiment.params import Train, load_params
+from zh_sentiment.paths import EMBEDDING_FILE, LABELS_FILE, TRAIN_HISTORY, TRAIN_METRICS
 
 
 @torch.no_grad()
@@ -84,7 +84,7 @@ def fold_standardization(head: torch.nn.Linear, mean: torch.Tensor, std: torch.T
 def main() -> None:
     params = load_params().train
     torch.use_deterministic_algorithms(True)
-    encoder = json.loads(ENCODER_INFO_FILE.read_text(encoding="utf-8"))
+    encoder = json.loads(EMBEDDING_FILE.read_text(encoding="utf-8"))
     label_names = json.loads(LABELS_FILE.read_text(encoding="utf-8"))["names"]
 
     head, best, history = fit(load_features("train"), load_features("validation"), len(label_names), params)

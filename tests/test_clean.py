@@ -4,9 +4,10 @@ the pipeline. Everything runs in-process on tiny hand-written splits."""
 import pandas as pd
 import pytest
 
-from stages.clean import clean_splits, drop_duplicates, label_names, normalize_text, parse_label
-from stages.errors import PipelineError
-from stages.params import Clean
+from stages.clean import clean_splits, drop_duplicates, label_names, parse_label
+from zh_sentiment.errors import PipelineError
+from zh_sentiment.params import Clean
+from zh_sentiment.text import normalize_text
 
 
 def clean_params(**changes) -> Clean:

@@ -5,11 +5,11 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from stages import encoder
-from stages.encoder import choose_precision, embed, encode_texts, load_tokenizer, pool
-from stages.errors import PipelineError
 from stages.tokenize import check_max_length, length_report, unknown_fraction
 from tests.fixtures import reviews
+from zh_sentiment import encoder
+from zh_sentiment.encoder import choose_precision, embed, encode_texts, load_tokenizer, pool
+from zh_sentiment.errors import PipelineError
 
 
 def test_cls_pooling_takes_the_first_token():

@@ -19,10 +19,11 @@ import pytest
 import torch
 import yaml
 
-from stages import clean, encoder, fetch
-from stages.errors import PipelineError
+from stages import clean, fetch
 from tests.conftest import ROOT, new_project
 from tests.fixtures import write_tiny_bert
+from zh_sentiment import encoder
+from zh_sentiment.errors import PipelineError
 
 SPLITS = ("train", "validation", "test")
 OLD_SAVE_TO_DISK = ROOT / "tests/data/chnsenticorp-datasets-2.14"

@@ -3,9 +3,9 @@
 import pytest
 import yaml
 
-from stages.errors import PipelineError
-from stages.params import load_params
 from tests.conftest import ROOT
+from zh_sentiment.errors import PipelineError
+from zh_sentiment.params import load_params
 
 
 def write_params(tmp_path, change) -> object:

@@ -66,7 +66,7 @@ def test_embed_writes_one_feature_vector_per_review(trained_project, tiny_bert):
         n = len(pd.read_csv(trained_project.path / f"data/clean/{split}.csv"))
         assert features["features"].shape == (n, 128)
         assert features["labels"].shape == (n,)
-    assert trained_project.json("data/features/encoder.json")["model"] == str(tiny_bert)
+    assert trained_project.json("data/features/embedding.json")["model"] == str(tiny_bert)
 
 
 def test_train_keeps_the_best_epoch_and_records_the_model(trained_project):

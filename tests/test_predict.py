@@ -12,7 +12,7 @@ NEGATIVE_REVIEW = "房间很脏太差，前台冷漠，失望退货"
 
 def predict(project, *args, cwd=None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "stages.predict", *args],
+        [sys.executable, "-m", "zh_sentiment", "predict", *args],
         cwd=cwd or project.path,
         capture_output=True,
         text=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.errors import PipelineError, first_line
+from zh_sentiment.errors import PipelineError, first_line
 
 TABLE_SUFFIXES = (".csv", ".tsv")
 

@@ -1,8 +1,8 @@
-"""predict: classify new reviews with the trained model in models/.
+"""zh-sentiment predict: classify new reviews with the trained model in models/.
 
-    python -m stages.predict "这家酒店很干净" "书的质量太差了"
-    python -m stages.predict --input reviews.csv --output predictions.csv [--text-column text]
-    cat reviews.txt | python -m stages.predict -
+    zh-sentiment predict "这家酒店很干净" "书的质量太差了"
+    zh-sentiment predict --input reviews.csv --output predictions.csv [--text-column text]
+    cat reviews.txt | zh-sentiment predict -
 
 Everything it needs (encoder, max_length, pooling, label names) comes from the
 model folder, not from params.yaml, so a trained models/ folder works anywhere.
@@ -18,9 +18,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from stages.classifier import load_classifier
-from stages.clean import normalize_text
-from stages.encoder import (
+from zh_sentiment.classifier import load_classifier
+from zh_sentiment.encoder import (
     choose_device,
     choose_precision,
     embed,
@@ -29,17 +28,18 @@ from stages.encoder import (
     load_tokenizer,
     use_all_cores,
 )
-from stages.errors import PipelineError, run
-from stages.outputs import write_csv
-from stages.params import DEVICE_PATTERN
-from stages.paths import MODEL_DIR
-from stages.tables import read_table, require_columns
+from zh_sentiment.errors import PipelineError
+from zh_sentiment.outputs import write_csv
+from zh_sentiment.params import DEVICE_PATTERN
+from zh_sentiment.paths import MODEL_DIR
+from zh_sentiment.tables import read_table, require_columns
+from zh_sentiment.text import normalize_text
 
 CHUNK = 2048  # reviews tokenized and embedded together: bounds memory on large files
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="zh-sentiment predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("texts", nargs="*", help="reviews to classify; '-' reads one review per line from stdin")
     parser.add_argument("--input", type=Path, help="CSV or TSV file of reviews")
     parser.add_argument("--output", type=Path, help="where to write the input rows with their predictions (CSV)")
@@ -131,7 +131,3 @@ def main(argv: list[str] | None = None) -> None:
     else:
         for text, label, probability in zip(texts, best, probabilities.max(1).values):
             print(f"{names[label]}\t{probability:.4f}\t{text}")
-
-
-if __name__ == "__main__":
-    run(main)

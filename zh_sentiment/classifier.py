@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from stages.errors import PipelineError
-from stages.outputs import atomic_dir, write_json
-from stages.paths import FEATURES_DIR, MODEL_DIR
+from zh_sentiment.errors import PipelineError
+from zh_sentiment.outputs import atomic_dir, write_json
+from zh_sentiment.paths import FEATURES_DIR, MODEL_DIR
 
 HEAD_FILE = "head.pt"
 INFO_FILE = "model.json"

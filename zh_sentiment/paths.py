@@ -8,9 +8,9 @@ RAW_DIR = Path("data/raw")
 CLEAN_DIR = Path("data/clean")
 LABELS_FILE = CLEAN_DIR / "labels.json"
 TOKENS_DIR = Path("data/tokens")
-TOKENIZER_INFO_FILE = TOKENS_DIR / "tokenizer.json"
+TOKENIZATION_FILE = TOKENS_DIR / "tokenization.json"
 FEATURES_DIR = Path("data/features")
-ENCODER_INFO_FILE = FEATURES_DIR / "encoder.json"
+EMBEDDING_FILE = FEATURES_DIR / "embedding.json"
 MODEL_DIR = Path("models")
 
 CLEAN_METRICS = Path("metrics/clean.json")

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from stages.errors import PipelineError
+from zh_sentiment.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
 

@@ -11,8 +11,8 @@ import torch
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from stages.errors import PipelineError, first_line
-from stages.paths import must_be_local
+from zh_sentiment.errors import PipelineError, first_line
+from zh_sentiment.paths import must_be_local
 
 WEIGHT_FILES = (
     "model.safetensors",

@@ -1,0 +1,3 @@
+from zh_sentiment.cli import main
+
+main()
