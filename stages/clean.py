@@ -1,7 +1,7 @@
 """clean: normalise texts, check labels, drop empty, duplicate and leaked reviews.
 
 Reads data/raw/<split>.csv, writes data/clean/<split>.csv (text, integer label),
-data/clean/labels.json (the label names) and metrics/clean.json (rows in and
+data/clean/labels.json (the label names) and metrics/data/clean.json (rows in and
 out of each split, and how many rows each rule dropped or fixed).
 """
 
@@ -13,7 +13,7 @@ import pandas as pd
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.outputs import atomic_dir, write_json
 from zh_sentiment.params import Clean, load_params
-from zh_sentiment.paths import CLEAN_DIR, CLEAN_METRICS, LABELS_FILE, RAW_DIR, SPLITS
+from zh_sentiment.paths import CLEAN_DIR, CLEAN_REPORT, LABELS_FILE, RAW_DIR, SPLITS
 from zh_sentiment.text import FIXES, normalize_text
 
 MAX_BAD_ROWS_SHOWN = 5
@@ -167,7 +167,7 @@ def check_usable(name: str, frame: pd.DataFrame, report: dict, names: list[str])
 
 
 def clean_splits(raw: dict[str, pd.DataFrame], params: Clean) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
-    """The cleaned splits, the label names, and the per-split report for metrics/clean.json."""
+    """The cleaned splits, the label names, and the per-split report for metrics/data/clean.json."""
     splits, fixed, dropped = {}, {}, {}
     for name, frame in raw.items():
         splits[name], fixed[name], empty = normalize_texts(frame)
@@ -208,7 +208,7 @@ def main() -> None:
             frame.to_csv(out / f"{name}.csv", index=False, encoding="utf-8")
             print(f"clean: {name}: {report[name]['rows_in']} -> {len(frame)} rows")
         write_json(out / LABELS_FILE.name, {"names": names})
-    write_json(CLEAN_METRICS, report)
+    write_json(CLEAN_REPORT, report)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 Writes data/tokens/<split>.safetensors (input_ids, attention_mask, token_type_ids,
 labels, lengths) with data/tokens/tokenization.json (which model, which max_length),
-metrics/tokenize.json (per split: length percentiles before truncation, the share
+metrics/data/tokenize.json (per split: length percentiles before truncation, the share
 truncated at tokenize.max_length, the share of unknown tokens) and
-metrics/token_lengths.png, the length histogram of the training split: what a user
+metrics/data/token_lengths.png, the length histogram of the training split: what a user
 reads to pick max_length.
 """
 
@@ -23,7 +23,7 @@ from zh_sentiment.encoder import encode_texts, load_tokenizer, max_positions, mo
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.outputs import atomic_dir, atomic_file, write_json
 from zh_sentiment.params import load_params
-from zh_sentiment.paths import CLEAN_DIR, SPLITS, TOKEN_LENGTHS_PLOT, TOKENIZATION_FILE, TOKENIZE_METRICS, TOKENS_DIR
+from zh_sentiment.paths import CLEAN_DIR, SPLITS, TOKEN_LENGTHS_PLOT, TOKENIZATION_FILE, TOKENIZE_REPORT, TOKENS_DIR
 
 # A Chinese model reads almost every character of a Chinese review; many [UNK] mean a wrong model.
 UNKNOWN_WARNING = 0.05
@@ -112,7 +112,7 @@ def main() -> None:
                 )
             if split == "train":
                 plot_lengths(full_lengths, max_length, TOKEN_LENGTHS_PLOT)
-    write_json(TOKENIZE_METRICS, report)
+    write_json(TOKENIZE_REPORT, report)
 
 
 if __name__ == "__main__":

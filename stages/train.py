@@ -1,7 +1,7 @@
 """train: fit a linear head on the cached features; keep the epoch with the best validation accuracy.
 
-Writes models/head.pt and models/model.json, metrics/train.json (the best epoch)
-and metrics/train_history.csv (loss and accuracy per epoch, a DVC plot).
+Writes models/frozen_head/ (head.pt, model.json), metrics/frozen_head/training.json
+(the best epoch) and metrics/frozen_head/history.csv (loss and accuracy per epoch, a plot).
 """
 
 import copy
@@ -16,7 +16,7 @@ from zh_sentiment.classifier import load_features, save_classifier
 from zh_sentiment.errors import run
 from zh_sentiment.outputs import write_csv, write_json
 from zh_sentiment.params import Train, load_params
-from zh_sentiment.paths import EMBEDDING_FILE, LABELS_FILE, TRAIN_HISTORY, TRAIN_METRICS
+from zh_sentiment.paths import EMBEDDING_FILE, FROZEN_HEAD, LABELS_FILE, model_dir, model_reports
 
 
 @torch.no_grad()
@@ -88,10 +88,12 @@ def main() -> None:
     label_names = json.loads(LABELS_FILE.read_text(encoding="utf-8"))["names"]
 
     head, best, history = fit(load_features("train"), load_features("validation"), len(label_names), params)
-    save_classifier(head, {**encoder, "num_labels": len(label_names), "label_names": label_names})
-    write_csv(TRAIN_HISTORY, pd.DataFrame(history).round(6))
+    save_classifier(
+        head, {**encoder, "num_labels": len(label_names), "label_names": label_names}, model_dir(FROZEN_HEAD)
+    )
+    write_csv(model_reports(FROZEN_HEAD) / "history.csv", pd.DataFrame(history).round(6))
     write_json(
-        TRAIN_METRICS,
+        model_reports(FROZEN_HEAD) / "training.json",
         {
             "best_epoch": best["epoch"],
             "epochs_run": len(history),

@@ -228,7 +228,7 @@ def test_a_split_empty_after_cleaning_stops_clean_with_the_split_and_counts_per_
     assert str(error.value).startswith(
         "split 'test' is empty after cleaning: 3 rows in; dropped: empty_text 3, duplicate 0, conflicting_label 0."
     )
-    assert not (workdir / "data/clean").exists() and not (workdir / "metrics/clean.json").exists()
+    assert not (workdir / "data/clean").exists() and not (workdir / "metrics/data/clean.json").exists()
 
 
 def test_a_training_split_with_a_single_class_stops_clean_with_the_counts_per_reason(workdir):
@@ -261,7 +261,7 @@ def test_missing_blank_control_and_zero_width_texts_are_cleaned_or_dropped_and_c
 
     texts = list(read_csv(workdir / "data/clean/train.csv")["text"])
     assert texts == [text for text, _ in REVIEWS["train"]] + ["位置很好 , 满意", "早餐太差"]
-    report = json.loads((workdir / "metrics/clean.json").read_text(encoding="utf-8"))["train"]
+    report = json.loads((workdir / "metrics/data/clean.json").read_text(encoding="utf-8"))["train"]
     assert report["rows_in"] == 9 and report["rows_out"] == 6
     assert report["dropped"]["empty_text"] == 3
     assert report["fixed"] == {"whitespace_normalized": 1, "control_chars_removed": 1, "zero_width_removed": 1}
@@ -272,7 +272,7 @@ def test_a_blank_line_in_a_csv_is_a_row_without_text_dropped_and_counted(workdir
     (source / "train.csv").write_text("text,label\n房间很干净,1\n\n服务太差,0\n早餐很好,1\n", encoding="utf-8")
     fetch_and_clean(workdir, source)
     assert len(read_csv(workdir / "data/raw/train.csv")) == 4
-    report = json.loads((workdir / "metrics/clean.json").read_text(encoding="utf-8"))["train"]
+    report = json.loads((workdir / "metrics/data/clean.json").read_text(encoding="utf-8"))["train"]
     assert (report["rows_out"], report["dropped"]["empty_text"]) == (3, 1)
 
 

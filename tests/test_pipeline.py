@@ -17,17 +17,17 @@ def test_repro_runs_every_stage_and_writes_every_output(trained_project):
         "data/clean/labels.json",
         *(f"data/tokens/{split}.safetensors" for split in SPLITS),
         *(f"data/features/{split}.safetensors" for split in SPLITS),
-        "models/head.pt",
-        "models/model.json",
-        "metrics/clean.json",
-        "metrics/tokenize.json",
-        "metrics/token_lengths.png",
-        "metrics/train.json",
-        "metrics/train_history.csv",
-        "metrics/test.json",
-        "metrics/test_predictions.csv",
-        "metrics/roc.csv",
-        "metrics/misclassified.csv",
+        "models/frozen_head/head.pt",
+        "models/frozen_head/model.json",
+        "metrics/data/clean.json",
+        "metrics/data/tokenize.json",
+        "metrics/data/token_lengths.png",
+        "metrics/frozen_head/training.json",
+        "metrics/frozen_head/history.csv",
+        "metrics/frozen_head.json",
+        "metrics/frozen_head/predictions.csv",
+        "metrics/frozen_head/roc.csv",
+        "metrics/frozen_head/misclassified.csv",
     ]
     missing = [path for path in expected if not (trained_project.path / path).is_file()]
     assert missing == []
@@ -36,7 +36,7 @@ def test_repro_runs_every_stage_and_writes_every_output(trained_project):
 
 def test_clean_reports_each_dirty_row(trained_project, reviews_folder):
     _, expected = reviews_folder
-    report = trained_project.json("metrics/clean.json")["train"]
+    report = trained_project.json("metrics/data/clean.json")["train"]
     assert {key: report[key] for key in expected} == expected
     assert sum(report["labels"].values()) == report["rows_out"]
     clean_train = pd.read_csv(trained_project.path / "data/clean/train.csv")
@@ -46,7 +46,7 @@ def test_clean_reports_each_dirty_row(trained_project, reviews_folder):
 
 def test_tokenize_reports_lengths_and_truncation(trained_project):
     max_length = FIXTURE_PARAMS["tokenize.max_length"]
-    report = trained_project.json("metrics/tokenize.json")
+    report = trained_project.json("metrics/data/tokenize.json")
     texts = pd.read_csv(trained_project.path / "data/clean/train.csv")["text"]
     lengths = texts.str.replace(" ", "").str.len() + 2  # one token per character, plus [CLS] and [SEP]
     assert report["train"]["max"] == lengths.max()
@@ -70,14 +70,14 @@ def test_embed_writes_one_feature_vector_per_review(trained_project, tiny_bert):
 
 
 def test_train_keeps_the_best_epoch_and_records_the_model(trained_project):
-    metrics = trained_project.json("metrics/train.json")
-    history = pd.read_csv(trained_project.path / "metrics/train_history.csv")
+    metrics = trained_project.json("metrics/frozen_head/training.json")
+    history = pd.read_csv(trained_project.path / "metrics/frozen_head/history.csv")
     assert len(history) == metrics["epochs_run"] <= FIXTURE_PARAMS["train.epochs"]
     best = history.loc[history["epoch"] == metrics["best_epoch"]].iloc[0]
     assert best["validation_accuracy"] == history["validation_accuracy"].max()
     assert metrics["validation_accuracy"] == round(best["validation_accuracy"], 6)
 
-    info = trained_project.json("models/model.json")
+    info = trained_project.json("models/frozen_head/model.json")
     assert info["label_names"] == ["negative", "positive"]
     assert info["num_labels"] == 2
     assert info["max_length"] == FIXTURE_PARAMS["tokenize.max_length"]
@@ -85,14 +85,22 @@ def test_train_keeps_the_best_epoch_and_records_the_model(trained_project):
 
 
 def test_toy_task_reaches_high_test_accuracy(trained_project):
-    metrics = trained_project.json("metrics/test.json")
+    metrics = trained_project.json("metrics/frozen_head.json")
     assert metrics["n"] == 60
     assert metrics["accuracy"] >= 0.9
     assert metrics["roc_auc"] >= 0.95
-    assert set(metrics) == {"n", "accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc"}
+    assert set(metrics) == {
+        "n",
+        "accuracy",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "roc_auc",
+        "validation_accuracy",
+    }
 
-    predictions = pd.read_csv(trained_project.path / "metrics/test_predictions.csv")
-    wrong = pd.read_csv(trained_project.path / "metrics/misclassified.csv")
+    predictions = pd.read_csv(trained_project.path / "metrics/frozen_head/predictions.csv")
+    wrong = pd.read_csv(trained_project.path / "metrics/frozen_head/misclassified.csv")
     assert len(predictions) == metrics["n"]
     assert (predictions["actual"] == predictions["predicted"]).mean() == metrics["accuracy"]
     assert len(wrong) == (predictions["actual"] != predictions["predicted"]).sum()
@@ -116,7 +124,7 @@ def test_changing_max_length_reruns_tokenize_and_after_but_not_fetch_or_clean(tr
     project.set_params({"tokenize.max_length": 32})
     assert "tokenize.max_length" in project.dvc("params", "diff").stdout
     assert project.repro() == ["tokenize", "embed", "train", "evaluate"]
-    assert project.json("metrics/tokenize.json")["max_length"] == 32
+    assert project.json("metrics/data/tokenize.json")["max_length"] == 32
 
 
 def test_same_params_and_seed_give_identical_metrics(trained_project, project):

@@ -56,7 +56,7 @@ def test_a_gbk_tsv_file_gets_a_prediction_per_row(trained_project, tmp_path):
 
 def test_a_copied_model_folder_works_from_anywhere(trained_project, tmp_path):
     """models/ carries what predict needs; params.yaml is not read."""
-    shutil.copytree(trained_project.path / "models", tmp_path / "my-model")
+    shutil.copytree(trained_project.path / "models/frozen_head", tmp_path / "my-model")
     result = predict(
         trained_project,
         "--model-dir",
@@ -72,7 +72,7 @@ def test_a_copied_model_folder_works_from_anywhere(trained_project, tmp_path):
 def test_no_trained_model_is_a_clear_error(project):
     result = predict(project, POSITIVE_REVIEW)
     assert result.returncode == 1
-    assert "no trained model in models/" in result.stderr and "dvc repro" in result.stderr
+    assert "no trained model in models/frozen_head/" in result.stderr and "dvc repro" in result.stderr
 
 
 def test_a_row_without_text_is_named(trained_project, tmp_path):
@@ -83,7 +83,7 @@ def test_a_row_without_text_is_named(trained_project, tmp_path):
 
 
 def test_a_missing_encoder_is_a_clear_error(trained_project, tmp_path):
-    shutil.copytree(trained_project.path / "models", tmp_path / "models")
+    shutil.copytree(trained_project.path / "models/frozen_head", tmp_path / "models")
     info = tmp_path / "models" / "model.json"
     info.write_text(info.read_text(encoding="utf-8").replace('"model": "', '"model": "/nonexistent'), encoding="utf-8")
     result = predict(trained_project, "--model-dir", str(tmp_path / "models"), POSITIVE_REVIEW)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.outputs import atomic_dir, write_json
-from zh_sentiment.paths import FEATURES_DIR, MODEL_DIR
+from zh_sentiment.paths import FEATURES_DIR
 
 HEAD_FILE = "head.pt"
 INFO_FILE = "model.json"
@@ -23,13 +23,13 @@ def load_features(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return tensors["features"], tensors["labels"]
 
 
-def save_classifier(head: torch.nn.Linear, info: dict, folder: Path = MODEL_DIR) -> None:
+def save_classifier(head: torch.nn.Linear, info: dict, folder: Path) -> None:
     with atomic_dir(folder) as out:
         torch.save(head.state_dict(), out / HEAD_FILE)
         write_json(out / INFO_FILE, info)
 
 
-def load_classifier(folder: Path = MODEL_DIR) -> tuple[torch.nn.Linear, dict]:
+def load_classifier(folder: Path) -> tuple[torch.nn.Linear, dict]:
     if not (folder / HEAD_FILE).exists() or not (folder / INFO_FILE).exists():
         raise PipelineError(
             f"no trained model in {folder}/ ({HEAD_FILE} and {INFO_FILE} are needed): run `dvc repro` first, "

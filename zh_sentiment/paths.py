@@ -11,17 +11,32 @@ TOKENS_DIR = Path("data/tokens")
 TOKENIZATION_FILE = TOKENS_DIR / "tokenization.json"
 FEATURES_DIR = Path("data/features")
 EMBEDDING_FILE = FEATURES_DIR / "embedding.json"
-MODEL_DIR = Path("models")
 
-CLEAN_METRICS = Path("metrics/clean.json")
-TOKENIZE_METRICS = Path("metrics/tokenize.json")
-TOKEN_LENGTHS_PLOT = Path("metrics/token_lengths.png")
-TRAIN_METRICS = Path("metrics/train.json")
-TRAIN_HISTORY = Path("metrics/train_history.csv")
-TEST_METRICS = Path("metrics/test.json")
-TEST_PREDICTIONS = Path("metrics/test_predictions.csv")
-ROC_POINTS = Path("metrics/roc.csv")
-MISCLASSIFIED = Path("metrics/misclassified.csv")
+MODELS_DIR = Path("models")
+FROZEN_HEAD = "frozen_head"  # a linear head on the frozen encoder's features (stages train, evaluate)
+
+# metrics/<model>.json are the DVC metrics, one small file per model, so that `dvc metrics show`
+# reads as a comparison of the models. Everything else is a report or plot data, not a metric.
+METRICS_DIR = Path("metrics")
+DATA_REPORTS_DIR = METRICS_DIR / "data"
+CLEAN_REPORT = DATA_REPORTS_DIR / "clean.json"
+TOKENIZE_REPORT = DATA_REPORTS_DIR / "tokenize.json"
+TOKEN_LENGTHS_PLOT = DATA_REPORTS_DIR / "token_lengths.png"
+
+
+def model_dir(model: str) -> Path:
+    """The trained model folder: what predict reads."""
+    return MODELS_DIR / model
+
+
+def model_metrics(model: str) -> Path:
+    """The model's headline metrics (test and validation), a DVC metrics file."""
+    return METRICS_DIR / f"{model}.json"
+
+
+def model_reports(model: str) -> Path:
+    """The model's reports and plot data: training history, test predictions, ROC points, mistakes."""
+    return METRICS_DIR / model
 
 
 def must_be_local(name: str) -> bool:

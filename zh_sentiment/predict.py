@@ -31,7 +31,7 @@ from zh_sentiment.encoder import (
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import DEVICE_PATTERN
-from zh_sentiment.paths import MODEL_DIR
+from zh_sentiment.paths import FROZEN_HEAD, model_dir
 from zh_sentiment.tables import read_table, require_columns
 from zh_sentiment.text import normalize_text
 
@@ -47,7 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--text-column", default="text", help="column of --input that holds the reviews (default: text)"
     )
     parser.add_argument("--encoding", default="auto", help="encoding of --input (default: auto: UTF-8 or GB18030/GBK)")
-    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="trained model folder (default: models)")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=model_dir(FROZEN_HEAD),
+        help="trained model folder (default: models/frozen_head)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="reviews per encoder batch (default: 32)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument(
