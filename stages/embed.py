@@ -25,11 +25,13 @@ def main() -> None:
     model = load_encoder(tokenizer_info["model"], device, precision)
     print(f"embed: {tokenizer_info['model']} on {device} in {precision}, {params.pooling} pooling")
 
-    with atomic_dir(FEATURES_DIR) as out:
+    tokens = {split: load_file(TOKENS_DIR / f"{split}.safetensors") for split in SPLITS}
+    # fp32 features and int64 labels: checked before the long run, not after it
+    needs = sum(len(t["labels"]) * (model.config.hidden_size * 4 + 8) for t in tokens.values())
+    with atomic_dir(FEATURES_DIR, needs=needs) as out:
         for split in SPLITS:
-            tokens = load_file(TOKENS_DIR / f"{split}.safetensors")
-            features = embed(model, tokens, params.pooling, params.batch_size, device, progress=f"embed {split}")
-            save_file({"features": features, "labels": tokens["labels"]}, out / f"{split}.safetensors")
+            features = embed(model, tokens[split], params.pooling, params.batch_size, device, f"embed {split}")
+            save_file({"features": features, "labels": tokens[split]["labels"]}, out / f"{split}.safetensors")
         write_json(out / EMBEDDING_FILE.name, {**tokenizer_info, "pooling": params.pooling, "precision": precision})
 
 

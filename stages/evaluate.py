@@ -27,7 +27,7 @@ def main() -> None:
     y_test, p_test = probabilities(head, "test")
     texts = pd.read_csv(CLEAN_DIR / "test.csv", dtype={"text": str}, keep_default_na=False)["text"].tolist()
     validation_accuracy = (p_validation.argmax(1) == y_validation).mean()
-    write_test_report(FROZEN_HEAD, y_test, p_test, info["label_names"], texts, validation_accuracy)
+    write_test_report(FROZEN_HEAD, y_test, p_test, info["label_names"], texts, validation_accuracy, y_validation)
 
 
 if __name__ == "__main__":

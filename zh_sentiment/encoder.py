@@ -3,23 +3,20 @@
 Shared by tokenize (tokenizer and length limit), embed, predict and the benchmark.
 """
 
+import inspect
 import os
 import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from tqdm import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from zh_sentiment.errors import PipelineError, first_line
-from zh_sentiment.paths import must_be_local
+from zh_sentiment.paths import WEIGHT_FILES, must_be_local
 
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a BERT-like forward may take
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -58,8 +55,11 @@ def from_hub(loader, name: str, source: str):
     try:
         return loader(name)
     except OSError as err:
+        local = ""
+        if "/" in name:  # `models-src/bert` is a hub id only if no such folder is meant
+            local = f"If '{name}' is meant as a local folder: {Path(name).expanduser().absolute()} does not exist.\n"
         raise PipelineError(
-            f"could not load model '{name}': {first_line(err)}\n"
+            f"could not load model '{name}': {first_line(err)}\n{local}"
             "If the id is right and you are offline, download the model once where the hub is reachable "
             "(`AutoModel.from_pretrained(id).save_pretrained(folder)`, the same for AutoTokenizer), "
             f"point {source} at that folder, and set HF_HUB_OFFLINE=1."
@@ -71,6 +71,7 @@ def load_tokenizer(name: str, source: str = "model.name") -> PreTrainedTokenizer
     tokenizer = from_hub(AutoTokenizer.from_pretrained, name, source)
     if not tokenizer.is_fast:
         raise PipelineError(f"{source}: {name} has no fast tokenizer (tokenizer.json or vocab.txt).")
+    tokenizer.padding_side = "right"  # embed cuts each batch at its longest review: padding must come last
     return tokenizer
 
 
@@ -79,13 +80,17 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_lengt
 
     Stored compactly (int32 ids, int8 masks); `embed` widens them batch by batch.
     """
-    encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
-    return {
+    encoded = tokenizer(
+        texts, truncation=True, max_length=max_length, padding="longest", padding_side="right", return_tensors="pt"
+    )
+    tokens = {
         "input_ids": encoded["input_ids"].to(torch.int32),
         "attention_mask": encoded["attention_mask"].to(torch.int8),
-        "token_type_ids": encoded["token_type_ids"].to(torch.int8),
         "lengths": encoded["attention_mask"].sum(1),
     }
+    if "token_type_ids" in encoded:  # not every tokenizer makes them (nor every model takes them)
+        tokens["token_type_ids"] = encoded["token_type_ids"].to(torch.int8)
+    return tokens
 
 
 def max_positions(name: str, source: str = "model.name") -> int:
@@ -94,13 +99,14 @@ def max_positions(name: str, source: str = "model.name") -> int:
     return from_hub(AutoConfig.from_pretrained, name, source).max_position_embeddings
 
 
-def choose_device(requested: str) -> torch.device:
+def choose_device(requested: str, source: str = "embed.device") -> torch.device:
+    """`source` names the setting in messages: the param, or predict's --device."""
     if requested != "auto":
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise PipelineError(f"embed.device is '{requested}' but CUDA is not available here; use auto or cpu.")
+            raise PipelineError(f"{source} is '{requested}' but CUDA is not available here; use auto or cpu.")
         if device.type == "mps" and not torch.backends.mps.is_available():
-            raise PipelineError(f"embed.device is '{requested}' but MPS is not available here; use auto or cpu.")
+            raise PipelineError(f"{source} is '{requested}' but MPS is not available here; use auto or cpu.")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -117,9 +123,11 @@ def cpu_has_fast_bf16() -> bool:
     return torch.cpu._is_amx_tile_supported()
 
 
-def choose_precision(requested: str, device: torch.device) -> str:
+def choose_precision(requested: str, device: torch.device, source: str = "embed") -> str:
+    """`source` names the settings in messages: "embed" (the params) or "predict" (its options)."""
     if requested == "int8" and device.type != "cpu":
-        raise PipelineError("embed.precision int8 (dynamic quantization) runs on the CPU only; set embed.device: cpu.")
+        setting = "--device cpu" if source == "predict" else "embed.device: cpu"
+        raise PipelineError(f"{source} precision int8 (dynamic quantization) runs on the CPU only; set {setting}.")
     if requested != "auto":
         return requested
     if device.type == "cuda":
@@ -131,9 +139,24 @@ def choose_precision(requested: str, device: torch.device) -> str:
 
 def load_encoder(name: str, device: torch.device, precision: str, source: str = "model.name") -> torch.nn.Module:
     check_model_folder(name, need_weights=True, source=source)
-    model = from_hub(
-        lambda n: AutoModel.from_pretrained(n, attn_implementation="sdpa", dtype=torch.float32), name, source
-    )
+    folder = Path(name).expanduser()
+
+    def load(n: str) -> torch.nn.Module:
+        return AutoModel.from_pretrained(n, attn_implementation="sdpa", dtype=torch.float32)
+
+    if not folder.is_dir():
+        model = from_hub(load, name, source)
+    else:
+        try:
+            model = load(name)
+        except (OSError, RuntimeError, EOFError, ValueError, SafetensorError) as err:
+            # a truncated copy or download: safetensors ("incomplete metadata") or torch's zip reader
+            files = ", ".join(f for f in WEIGHT_FILES if (folder / f).exists())
+            raise PipelineError(
+                f"{source}: the weights in {folder} ({files}) cannot be read: {first_line(err).split('. ')[0]}. "
+                "The file is probably truncated or corrupt: copy the model folder again, or save it again "
+                "with save_pretrained."
+            ) from err
     model.eval().requires_grad_(False)
     if precision == "int8":
         with warnings.catch_warnings():
@@ -149,10 +172,19 @@ def use_all_cores() -> None:
 
 
 def pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """fp32 features whatever the encoder's precision: summing hundreds of bf16 values in bf16 loses
+    about 10x more than the bf16 hidden states themselves carry."""
+    hidden = last_hidden_state.float()
     if pooling == "cls":
-        return last_hidden_state[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
-    return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).float()
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def forward_inputs(model: torch.nn.Module) -> list[str]:
+    """The token tensors the model's forward takes (DistilBERT-like models take no token_type_ids)."""
+    parameters = inspect.signature(model.forward).parameters
+    return [key for key in TOKEN_INPUTS if key in parameters]
 
 
 @torch.inference_mode()
@@ -170,15 +202,14 @@ def embed(
     longest review, so the encoder's work follows the real tokens, not max_length.
     """
     lengths = tokens["lengths"]
+    keys = [key for key in forward_inputs(model) if key in tokens]
     order = torch.argsort(lengths, descending=True, stable=True)
     features = torch.empty(len(lengths), model.config.hidden_size, dtype=torch.float32)
     with tqdm(total=int(lengths.sum()), unit="tok", unit_scale=True, desc=progress, disable=progress is None) as bar:
         for batch in order.split(batch_size):
             width = int(lengths[batch].max())
-            inputs = {
-                key: tokens[key][batch, :width].to(device=device, dtype=torch.long)
-                for key in ("input_ids", "attention_mask", "token_type_ids")
-            }
+            # rows are right-padded (encode_texts), so the first `width` columns hold every real token
+            inputs = {key: tokens[key][batch, :width].to(device=device, dtype=torch.long) for key in keys}
             try:
                 hidden = model(**inputs).last_hidden_state
             except torch.OutOfMemoryError:
@@ -186,6 +217,7 @@ def embed(
                     f"out of memory on {device} embedding {len(batch)} reviews of {width} tokens. "
                     f"Lower embed.batch_size (now {batch_size}) in params.yaml, e.g. to {max(1, batch_size // 2)}."
                 ) from None
-            features[batch] = pool(hidden, inputs["attention_mask"], pooling).float().cpu()
+            mask = tokens["attention_mask"][batch, :width].to(device)
+            features[batch] = pool(hidden, mask, pooling).cpu()
             bar.update(int(lengths[batch].sum()))
     return features

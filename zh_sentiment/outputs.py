@@ -5,6 +5,7 @@ place only when it is whole; a leftover `*.tmp` from a killed run is discarded
 by the next one.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -12,16 +13,61 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from safetensors import SafetensorError
+
+from zh_sentiment.errors import PipelineError
+
+
+class DiskFull(PipelineError):
+    pass
+
+
+def disk_full(err: BaseException) -> bool:
+    if isinstance(err, DiskFull):  # from an atomic_file inside an atomic_dir: name the folder instead
+        return True
+    # safetensors reports a full disk as SafetensorError("... No space left on device (os error 28)")
+    if isinstance(err, OSError):
+        return err.errno == errno.ENOSPC
+    return isinstance(err, SafetensorError) and "No space left" in str(err)
+
+
+def size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def disk_full_error(path: Path, needed: int) -> DiskFull:
+    free = shutil.disk_usage(path.parent if path.parent.exists() else ".").free
+    return DiskFull(
+        f"no space left on the device for {path}: it needs at least {needed / 1e6:,.1f} MB free there, "
+        f"{free / 1e6:,.1f} MB are free now. Free some space and run again."
+    )
+
 
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder that replaces `path` once the block succeeds."""
+def atomic_dir(path: str | Path, needs: int = 0) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces `path` once the block succeeds.
+
+    `needs`, the bytes the block will write if the caller knows, is checked against the free
+    space first, so that a long stage stops before its work rather than after it.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if needs > shutil.disk_usage(tmp.parent).free:
+        raise disk_full_error(path, needs)
+    tmp.mkdir()
     try:
         yield tmp
+    except (OSError, SafetensorError, DiskFull) as err:
+        # what was written when the disk filled is a lower bound of what the output needs
+        written = max(size(tmp), needs)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(err):
+            raise disk_full_error(path, written) from err
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -38,10 +84,16 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(path.name + ".tmp")
     try:
         yield tmp
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:
+        written = size(tmp)
+        tmp.unlink(missing_ok=True)
+        if disk_full(err):
+            raise disk_full_error(path, written) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
 
 
 def write_json(path: str | Path, data: dict) -> None:

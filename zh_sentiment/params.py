@@ -105,6 +105,12 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
         raise PipelineError(f"{path} not found: run from the project root, where params.yaml is.") from None
     except yaml.YAMLError as err:
         raise PipelineError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        what = "empty" if raw is None else f"a {type(raw).__name__}, not a mapping of sections"
+        raise PipelineError(
+            f"{path} is {what}: it needs the sections {', '.join(Params.model_fields)}. "
+            f"Restore it (`git checkout {path}`) and edit the values there."
+        )
     try:
         return Params.model_validate(raw)
     except ValidationError as err:

@@ -13,6 +13,16 @@ FEATURES_DIR = Path("data/features")
 EMBEDDING_FILE = FEATURES_DIR / "embedding.json"
 
 MODELS_DIR = Path("models")
+HEAD_FILE = "head.pt"  # in every model folder: the linear head's state dict
+INFO_FILE = "model.json"  # in every model folder: what predict needs to apply it (zh_sentiment.classifier.ModelInfo)
+
+# The weight files of a model folder, in the order from_pretrained prefers them.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 FROZEN_HEAD = "frozen_head"  # a linear head on the frozen encoder's features (stages train, evaluate)
 
 # metrics/<model>.json are the DVC metrics, one small file per model, so that `dvc metrics show`
@@ -40,5 +50,11 @@ def model_reports(model: str) -> Path:
 
 
 def must_be_local(name: str) -> bool:
-    """Whether a dataset or model name can only mean a local folder: hub ids are `name` or `owner/name`."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1
+    """Whether a dataset or model name can only mean a local folder: hub ids are `name` or `owner/name`.
+
+    `models-src/bert-base-chinese` has the form of a hub id, but when `models-src/` is a folder here
+    it names a folder under it (the README's offline recipe), so a missing one is a missing folder.
+    """
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or name.endswith("/"):
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()

@@ -10,16 +10,21 @@ Texts get the same normalisation as in the clean stage.
 """
 
 import argparse
+import codecs
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import torch
 from tqdm import tqdm
+from transformers.utils import logging as transformers_logging
 
-from zh_sentiment.classifier import load_classifier
+from zh_sentiment.classifier import check_encoder, encoder_location, load_classifier
 from zh_sentiment.encoder import (
+    check_model_folder,
     choose_device,
     choose_precision,
     embed,
@@ -28,11 +33,11 @@ from zh_sentiment.encoder import (
     load_tokenizer,
     use_all_cores,
 )
-from zh_sentiment.errors import PipelineError
+from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import DEVICE_PATTERN
-from zh_sentiment.paths import FROZEN_HEAD, model_dir
-from zh_sentiment.tables import read_table, require_columns
+from zh_sentiment.paths import FROZEN_HEAD, INFO_FILE, model_dir
+from zh_sentiment.tables import detect_encoding, read_table, require_columns
 from zh_sentiment.text import normalize_text
 
 CHUNK = 2048  # reviews tokenized and embedded together: bounds memory on large files
@@ -57,13 +62,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument(
         "--precision",
-        default="auto",
         choices=["auto", "fp32", "bf16", "fp16", "int8"],
-        help="encoder precision, as embed.precision (default: auto)",
+        help="encoder precision, as embed.precision (default: the one the model was trained with, in model.json)",
     )
     args = parser.parse_args(argv)
-    if bool(args.texts) == bool(args.input):
+    if not args.texts and not args.input:
+        parser.error("give reviews as arguments, '-' to read them from stdin, or --input FILE")
+    if args.texts and args.input:
         parser.error("give reviews as arguments (or '-' for stdin), or --input FILE, not both")
+    if args.encoding != "auto":
+        try:
+            codecs.lookup(args.encoding)
+        except LookupError:
+            parser.error(f"--encoding {args.encoding}: unknown encoding; use auto, utf-8, gb18030, big5, ...")
     if args.output and not args.input:
         parser.error("--output goes with --input")
     if args.batch_size < 1:
@@ -73,16 +84,73 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_output(path: Path) -> None:
+    """Before any inference: a path that cannot be written would fail only once all the work is done."""
+    if path.is_dir():
+        raise PipelineError(f"--output {path} is a folder; give a file name, e.g. {path / 'predictions.csv'}.")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # write_csv creates the missing folders
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise PipelineError(f"--output {path}: cannot write in {folder}/. Choose a folder you can write to.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PipelineError(f"--output {path}: the file exists and is read-only. Choose another name.")
+
+
+def not_a_text_table(data: bytes) -> str | None:
+    """What a file that is no CSV/TSV text looks like, from its first bytes, else None."""
+    if data.startswith(b"PK\x03\x04"):
+        return "a zip archive, e.g. an Excel .xlsx workbook renamed to .csv, not CSV/TSV text"
+    if data.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
+        return "an old Excel .xls workbook (or another OLE file), not CSV/TSV text"
+    return None
+
+
+def for_predict(err: PipelineError, path: Path, where: str) -> PipelineError:
+    """A table-reading message worded for predict, whose encoding comes from --encoding, not params.yaml."""
+    message = str(err).replace(str(path), where).replace("data.encoding in params.yaml", "--encoding")
+    return PipelineError(message.replace("data.encoding", "--encoding"))
+
+
+def decode(data: bytes, path: Path, encoding: str, where: str) -> str:
+    """`data` (the bytes of `path`) as text, decoded as a file's would be; `where` names it in messages."""
+    problem = not_a_text_table(data)
+    if problem:
+        raise PipelineError(f"{where} is {problem}. Save it as CSV (UTF-8) or as tab-separated text.")
+    try:
+        return data.decode(detect_encoding(path, encoding))
+    except PipelineError as err:
+        if b"\0" in data[:4096] and encoding == "auto":
+            raise PipelineError(
+                f"{where} looks like a binary file, not review text (it holds NUL bytes). "
+                "Give a CSV or TSV text file, or --encoding if it is text in UTF-16/UTF-32."
+            ) from None
+        raise for_predict(err, path, where) from None
+
+
+def read_stdin(encoding: str) -> str:
+    """stdin as bytes, decoded with the same detection as a file (a GBK pipe is common on Chinese Windows)."""
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "stdin.txt"
+        path.write_bytes(data)
+        return decode(data, path, encoding, "stdin")
+
+
 def read_reviews(args: argparse.Namespace) -> tuple[list[str], pd.DataFrame | None]:
     """The normalised texts, and the input table when reading a file."""
     if args.input:
         if not args.input.is_file():
             raise PipelineError(f"--input {args.input}: no such file.")
-        table = read_table(args.input, args.encoding)
+        decode(args.input.read_bytes(), args.input, args.encoding, f"--input {args.input}")  # clear messages first
+        try:
+            table = read_table(args.input, args.encoding)
+        except PipelineError as err:
+            raise for_predict(err, args.input, f"--input {args.input}") from None
         require_columns(list(table.columns), {"--text-column": args.text_column}, str(args.input))
         raw = table[args.text_column].fillna("").tolist()
     elif args.texts == ["-"]:
-        table, raw = None, [line for line in sys.stdin.read().splitlines() if line.strip()]
+        table, raw = None, [line for line in read_stdin(args.encoding).splitlines() if line.strip()]
     else:
         table, raw = None, args.texts
     texts = [normalize_text(str(text))[0] for text in raw]
@@ -99,16 +167,51 @@ def read_reviews(args: argparse.Namespace) -> tuple[list[str], pd.DataFrame | No
     return texts, table
 
 
+def choose_settings(device_name: str, requested: str | None, recorded: str) -> tuple[torch.device, str]:
+    """The device, and the precision: the one the head was trained with unless --precision says otherwise.
+
+    Features in another precision differ (int8 against fp32: centred cosine 0.89), so an override warns.
+    """
+    if requested is None and recorded == "int8" and device_name == "auto":
+        device_name = "cpu"  # int8 (dynamic quantization) runs on the CPU only
+    device = choose_device(device_name, "--device")
+    precision = choose_precision(requested or recorded, device, "predict")
+    if precision != recorded:
+        print(
+            f"predict: warning: encoder precision {precision} (--precision) differs from the {recorded} the head "
+            "was trained with (model.json): predictions may differ from the evaluated ones.",
+            file=sys.stderr,
+        )
+    return device, precision
+
+
 def predict(
-    texts: list[str], model_dir: Path, batch_size: int, device_name: str, precision: str
+    texts: list[str], model_dir: Path, batch_size: int, device_name: str, precision: str | None = None
 ) -> tuple[torch.Tensor, list[str]]:
     """Class probabilities (one row per text) and the class names."""
+    transformers_logging.disable_progress_bar()  # the "Loading weights" bar on every call is noise in a CLI
     head, info = load_classifier(model_dir)
-    source = f"'model' in {model_dir / 'model.json'}"
-    tokenizer = load_tokenizer(info["model"], source)
-    device = choose_device(device_name)
+    info_file = model_dir / INFO_FILE
+    source = f"'model' in {info_file}"
+    location = encoder_location(info, model_dir)
+    tokenizer = load_tokenizer(location, source)
+    device, precision = choose_settings(device_name, precision, info["precision"])
     use_all_cores()
-    encoder = load_encoder(info["model"], device, choose_precision(precision, device), source)
+    check_model_folder(location, need_weights=True, source=source)
+    encoder = load_encoder(location, device, precision, source)
+    check_encoder(info, location, info_file)
+    config = encoder.config
+    if head.in_features != config.hidden_size:
+        raise PipelineError(
+            f"{model_dir / 'head.pt'} takes {head.in_features} features but the encoder at {location} gives "
+            f"{config.hidden_size}. Copy the whole model folder again, or train the model again."
+        )
+    if info["max_length"] > config.max_position_embeddings:
+        raise PipelineError(
+            f"{info_file}: max_length = {info['max_length']} is more than the encoder at {location} takes "
+            f"({config.max_position_embeddings} positions). Set max_length to {config.max_position_embeddings} or "
+            "less there, or train the model again."
+        )
     probabilities = []
     with tqdm(total=len(texts), unit="review", desc="predict", disable=len(texts) <= batch_size) as bar:
         for start in range(0, len(texts), CHUNK):
@@ -122,6 +225,8 @@ def predict(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.output:
+        check_output(args.output)
     texts, table = read_reviews(args)
     probabilities, names = predict(texts, args.model_dir, args.batch_size, args.device, args.precision)
     best = probabilities.argmax(1)
@@ -131,7 +236,10 @@ def main(argv: list[str] | None = None) -> None:
             probability=probabilities.max(1).values.numpy().round(4),
             **{f"probability_{name}": probabilities[:, i].numpy().round(4) for i, name in enumerate(names)},
         )
-        write_csv(args.output, result)
+        try:
+            write_csv(args.output, result)
+        except OSError as err:  # write_csv leaves no .tmp behind
+            raise PipelineError(f"--output {args.output}: cannot write it ({first_line(err)}).") from err
         print(f"predict: {len(texts)} reviews -> {args.output}")
     else:
         for text, label, probability in zip(texts, best, probabilities.max(1).values):

@@ -1,6 +1,7 @@
 """What every trained model reports, in the same files and keys, so the models compare side by side.
 
-metrics/<model>.json           test accuracy, macro precision/recall/F1, ROC AUC, n; validation accuracy
+metrics/<model>.json           test accuracy, macro precision/recall/F1, ROC AUC, n; validation accuracy;
+                               test_classes / validation_classes only when a split lacks a class
 metrics/<model>/predictions.csv one row per test review (the confusion-matrix plot)
 metrics/<model>/roc.csv         the test ROC curve (a plot)
 metrics/<model>/misclassified.csv  the wrong predictions, most confident first, for reading
@@ -14,6 +15,23 @@ from zh_sentiment.outputs import write_csv, write_json
 from zh_sentiment.paths import model_metrics, model_reports
 
 
+def missing_classes(model: str, split: str, labels: np.ndarray, label_names: list[str]) -> dict:
+    """Warn when a split lacks a class: its ROC AUC is undefined and macro averages count that class as 0.
+
+    The count of classes present is then recorded as `<split>_classes`, a key only present in that case.
+    """
+    present = sorted(set(np.asarray(labels).tolist()))
+    if len(present) == len(label_names):
+        return {}
+    absent = [name for i, name in enumerate(label_names) if i not in present]
+    print(
+        f"{model}: warning: the {split} split has no review of class {', '.join(absent)}: "
+        + ("no ROC AUC, and " if split == "test" else "")
+        + "its accuracy says little. Give that split reviews of every class."
+    )
+    return {f"{split}_classes": len(present)}
+
+
 def write_test_report(
     model: str,
     y_true: np.ndarray,
@@ -21,12 +39,16 @@ def write_test_report(
     label_names: list[str],
     texts: list[str],
     validation_accuracy: float,
+    y_validation: np.ndarray | None = None,
 ) -> dict:
     """Write the model's metrics and test reports; return the metrics."""
     metrics = {
         **classification_metrics(y_true, probabilities),
         "validation_accuracy": round(float(validation_accuracy), 6),
     }
+    for split, labels in (("test", y_true), ("validation", y_validation)):
+        if labels is not None:
+            metrics.update(missing_classes(model, split, labels, label_names))
     names = np.array(label_names)
     y_pred = probabilities.argmax(1)
     predictions = pd.DataFrame(
