@@ -19,8 +19,8 @@ from safetensors import SafetensorError
 from transformers import AutoModel, DistilBertConfig, DistilBertModel
 
 from tests.fixtures import reviews, write_tiny_bert
-from zh_sentiment import encoder, predict
-from zh_sentiment.classifier import fingerprint, load_classifier, save_classifier, weights_folder
+from zh_sentiment import classifier, encoder, predict
+from zh_sentiment.classifier import load_classifier, save_classifier
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.outputs import atomic_dir, write_json
 from zh_sentiment.params import load_params
@@ -83,7 +83,7 @@ def predict_error(folder: Path, *args: str) -> str:
 def test_save_classifier_records_kind_and_the_encoder_fingerprint(tiny_model_dir, tiny_bert):
     info = json.loads((tiny_model_dir / "model.json").read_text(encoding="utf-8"))
     assert info["kind"] == "frozen_head"
-    assert info["fingerprint"] == fingerprint(tiny_bert)
+    assert info["fingerprint"] == classifier.fingerprint(tiny_bert)
     assert info["fingerprint"].startswith("sha256:") and len(info["fingerprint"]) == 7 + 64
 
 
@@ -129,8 +129,8 @@ def test_a_hub_id_is_fingerprinted_in_the_cache_it_resolved_to(tiny_bert, tmp_pa
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    assert weights_folder("owner/tiny") == snapshot
-    assert fingerprint(weights_folder("owner/tiny")) == fingerprint(tiny_bert)
+    assert classifier.weights_folder("owner/tiny") == snapshot
+    assert classifier.fingerprint(classifier.weights_folder("owner/tiny")) == classifier.fingerprint(tiny_bert)
 
 
 def test_a_finetuned_folder_holds_its_own_encoder(tiny_bert, tmp_path, capsys):
@@ -138,7 +138,8 @@ def test_a_finetuned_folder_holds_its_own_encoder(tiny_bert, tmp_path, capsys):
     folder = Path(shutil.copytree(tiny_bert, tmp_path / "finetuned"))
     save_classifier(torch.nn.Linear(128, 2), model_info(".", kind="finetuned"), folder)
     assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
-    assert json.loads((folder / "model.json").read_text(encoding="utf-8"))["fingerprint"] == fingerprint(tiny_bert)
+    recorded = json.loads((folder / "model.json").read_text(encoding="utf-8"))["fingerprint"]
+    assert recorded == classifier.fingerprint(tiny_bert)
     run_predict(folder, POSITIVE_REVIEW)
     assert capsys.readouterr().out.endswith(f"\t{POSITIVE_REVIEW}\n")
 
