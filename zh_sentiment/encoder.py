@@ -183,8 +183,9 @@ def pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor, pooling:
 
 def forward_inputs(model: torch.nn.Module) -> list[str]:
     """The token tensors the model's forward takes (DistilBERT-like models take no token_type_ids)."""
+    # named parameters only: transformers' forwards also take **kwargs, where stray inputs go unchecked
     parameters = inspect.signature(model.forward).parameters
-    return [key for key in TOKEN_INPUTS if key in parameters]
+    return [key for key in TOKEN_INPUTS if key in parameters] or list(TOKEN_INPUTS)
 
 
 @torch.inference_mode()
