@@ -126,8 +126,9 @@ def cpu_has_fast_bf16() -> bool:
 def choose_precision(requested: str, device: torch.device, source: str = "embed") -> str:
     """`source` names the settings in messages: "embed" (the params) or "predict" (its options)."""
     if requested == "int8" and device.type != "cpu":
-        setting = "--device cpu" if source == "predict" else "embed.device: cpu"
-        raise PipelineError(f"{source} precision int8 (dynamic quantization) runs on the CPU only; set {setting}.")
+        if source == "predict":
+            raise PipelineError("predict: int8 (dynamic quantization) runs on the CPU only; use --device cpu.")
+        raise PipelineError("embed.precision int8 (dynamic quantization) runs on the CPU only; set embed.device: cpu.")
     if requested != "auto":
         return requested
     if device.type == "cuda":
