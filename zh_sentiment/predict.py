@@ -2,6 +2,7 @@
 
     zh-sentiment predict "这家酒店很干净" "书的质量太差了"
     zh-sentiment predict --input reviews.csv --output predictions.csv [--text-column text]
+    zh-sentiment predict --input reviews.tsv --columns label,text   # a file without a header row
     cat reviews.txt | zh-sentiment predict -
 
 Everything it needs (encoder, max_length, pooling, label names) comes from the
@@ -46,7 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--text-column", default="text", help="column of --input that holds the reviews (default: text)"
     )
-    parser.add_argument("--encoding", default="auto", help="encoding of --input (default: auto: UTF-8 or GB18030/GBK)")
+    parser.add_argument(
+        "--columns",
+        type=lambda value: [name.strip() for name in value.split(",")],
+        help="--input has no header row; these are its columns in order, e.g. label,text",
+    )
+    parser.add_argument(
+        "--encoding", default="auto", help="encoding of --input (default: auto: UTF-8/16/32, GBK/GB18030 or Big5)"
+    )
     parser.add_argument(
         "--model-dir",
         type=Path,
@@ -78,8 +86,8 @@ def read_reviews(args: argparse.Namespace) -> tuple[list[str], pd.DataFrame | No
     if args.input:
         if not args.input.is_file():
             raise PipelineError(f"--input {args.input}: no such file.")
-        table = read_table(args.input, args.encoding)
-        require_columns(list(table.columns), {"--text-column": args.text_column}, str(args.input))
+        table = read_table(args.input, args.encoding, args.columns, "--encoding", "--columns")
+        require_columns(list(table.columns), {"--text-column": args.text_column}, str(args.input), "--columns")
         raw = table[args.text_column].fillna("").tolist()
     elif args.texts == ["-"]:
         table, raw = None, [line for line in sys.stdin.read().splitlines() if line.strip()]
