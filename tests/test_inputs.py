@@ -507,12 +507,12 @@ def test_out_of_memory_in_embed_suggests_a_smaller_batch_size():
 
 
 def flip_last_label(path: Path, same_inode: bool) -> None:
-    """Change the last row's label 1 -> 0 keeping the file's size and mtime: in place (same inode),
+    """Flip the last row's label (0 <-> 1) keeping the file's size and mtime: in place (same inode),
     or as editors save, through a new file renamed over the old one."""
     before = path.stat()
     data = path.read_bytes()
-    assert data.endswith(b",1\n")
-    data = data[:-2] + b"0\n"
+    assert data.endswith((b",0\n", b",1\n"))
+    data = data[:-2] + (b"1\n" if data.endswith(b",0\n") else b"0\n")
     if same_inode:
         path.write_bytes(data)
     else:
