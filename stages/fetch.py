@@ -63,7 +63,7 @@ def load_from_hub(dataset_id: str) -> DatasetDict:
             f"data.dataset: '{dataset_id}' is no folder here and could not be loaded from the Hugging Face Hub "
             f"({first_line(err)}).\n"
             "To work offline, save the dataset once where the hub is reachable "
-            f"(`load_dataset('{dataset_id}').save_to_disk('data/source/name')`), or put train.csv and test.csv "
+            f"(`load_dataset('{dataset_id}').save_to_disk('data/source')`), or put train.csv and test.csv "
             "(or .tsv) in a folder, set data.dataset in params.yaml to that folder, and set HF_HUB_OFFLINE=1 "
             "so that lookups do not wait for the network."
         ) from err
