@@ -148,8 +148,11 @@ def require_columns(found: list[str], wanted: dict[str, str], where: str, column
 
 
 def headerless_hint(header: list[str], columns_param: str) -> str:
-    """A hint when the header row looks like a review: a label such as 0 or 1, or a long text."""
-    looks_like_data = any(re.fullmatch(r"-?\d+(\.0)?", cell.strip()) or len(cell) > 10 for cell in header)
+    """A hint when the header row looks like a review: a label such as 0 or 1, or a Chinese sentence."""
+    looks_like_data = any(
+        re.fullmatch(r"-?\d+(\.0)?", cell.strip()) or (len(cell) > 8 and re.search("[\u4e00-\u9fff]", cell))
+        for cell in header
+    )
     if not looks_like_data:
         return ""
     return (
