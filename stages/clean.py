@@ -121,7 +121,10 @@ def check_every_class_occurs(names: list[str], ids: dict[str, pd.Series], params
     missing = [i for i in range(len(names)) if i not in seen]
     if missing:
         shown = ", ".join(f"{i} ('{names[i]}')" for i in missing)
-        where = "clean.label_map and clean.label_names" if params.label_map else "clean.label_names"
+        if params.label_map:
+            where = "clean.label_map and clean.label_names"
+        else:
+            where = "clean.label_names" if params.label_names else f"the source's ClassLabel ({SOURCE_LABELS_FILE})"
         raise PipelineError(
             f"{RAW_DIR}: no review has the label id(s) {shown}, but {where} name {len(names)} classes "
             f"({', '.join(names)}). Name only the classes the data has, or check data.label_column."
