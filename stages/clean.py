@@ -1,11 +1,13 @@
 """clean: normalise texts, check labels, drop empty, duplicate and leaked reviews.
 
-Reads data/raw/<split>.csv, writes data/clean/<split>.csv (text, integer label),
+Reads data/raw/<split>.csv (and data/raw/labels.json, the source's label names, when fetch
+wrote it), writes data/clean/<split>.csv (text, integer label),
 data/clean/labels.json (the label names) and metrics/data/clean.json (rows in and
 out of each split, and how many rows each rule dropped or fixed).
 """
 
 import itertools
+import json
 from collections import Counter
 
 import pandas as pd
@@ -13,7 +15,7 @@ import pandas as pd
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.outputs import atomic_dir, write_json
 from zh_sentiment.params import Clean, load_params
-from zh_sentiment.paths import CLEAN_DIR, CLEAN_REPORT, LABELS_FILE, RAW_DIR, SPLITS
+from zh_sentiment.paths import CLEAN_DIR, CLEAN_REPORT, LABELS_FILE, RAW_DIR, SOURCE_LABELS_FILE, SPLITS
 from zh_sentiment.text import FIXES, normalize_text
 
 MAX_BAD_ROWS_SHOWN = 5
@@ -50,23 +52,56 @@ def parse_label(value, label_map: dict[str, int]) -> int | None:
     return int(number) if number.is_integer() and number >= 0 else None
 
 
-def label_names(params: Clean, raw_ids: list[int]) -> list[str]:
-    """Names of the ids 0..k-1: clean.label_names, else the label_map keys, else the ids themselves."""
+def label_names(params: Clean, raw_ids: list[int], source_names: list[str] | None = None) -> list[str]:
+    """Names of the ids 0..k-1: clean.label_names, else the label_map keys, else the source's
+    ClassLabel names, else the ids themselves; checked against each other."""
     if params.label_map:
-        k = len(set(params.label_map.values()))
-        if params.label_names and len(params.label_names) != k:
+        names = names_from_label_map(params)
+    else:
+        names = names_from_data(params, raw_ids, source_names)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise PipelineError(
+            f"clean.label_names names {', '.join(map(repr, repeated))} more than once; "
+            "give each class its own name, in id order."
+        )
+    return names
+
+
+def names_from_label_map(params: Clean) -> list[str]:
+    keys: dict[int, list[str]] = {}
+    for key, label_id in params.label_map.items():
+        keys.setdefault(label_id, []).append(key)
+    k = len(keys)
+    if not params.label_names:
+        return [keys[i][0] for i in range(k)]
+    if len(params.label_names) != k:
+        raise PipelineError(
+            f"clean.label_names has {len(params.label_names)} names but clean.label_map maps to {k} ids; "
+            "give one name per id, or set clean.label_names: []."
+        )
+    for i, name in enumerate(params.label_names):
+        if name not in keys[i]:
+            # {positive: 0, negative: 1} with names [negative, positive] would call every positive review negative
             raise PipelineError(
-                f"clean.label_names has {len(params.label_names)} names but clean.label_map maps to {k} ids; "
-                "give one name per id, or set clean.label_names: []."
+                f"clean.label_names says id {i} is '{name}', but clean.label_map maps "
+                f"{' and '.join(map(repr, keys[i]))} to {i}"
+                + (f" and '{name}' to {params.label_map[name]}" if name in params.label_map else "")
+                + ". Name each id by a clean.label_map key that maps to it, in id order: clean.label_names: "
+                f"[{', '.join(keys[j][0] for j in range(k))}] (or [] for exactly that)."
             )
-        if params.label_names:
-            return list(params.label_names)
-        first_key = {}
-        for key, label_id in params.label_map.items():
-            first_key.setdefault(label_id, key)
-        return [first_key[i] for i in range(k)]
-    if params.label_names:
-        return list(params.label_names)
+    return list(params.label_names)
+
+
+def names_from_data(params: Clean, raw_ids: list[int], source_names: list[str] | None) -> list[str]:
+    if source_names and params.label_names and list(params.label_names) != source_names:
+        raise PipelineError(
+            f"clean.label_names is [{', '.join(params.label_names)}] but the source names its labels "
+            f"[{', '.join(source_names)}] (its label column is a ClassLabel; {SOURCE_LABELS_FILE}). "
+            f"Set clean.label_names: [{', '.join(source_names)}], or [] to use the source's names."
+        )
+    if source_names or params.label_names:
+        return list(source_names or params.label_names)
     # ids 1 and 2 would otherwise make three classes, one of them never seen
     found = sorted(set(raw_ids))
     unused = max(found, default=-1) + 1 - len(found)
@@ -80,15 +115,33 @@ def label_names(params: Clean, raw_ids: list[int]) -> list[str]:
     return [str(i) for i in found]
 
 
+def check_every_class_occurs(names: list[str], ids: dict[str, pd.Series], params: Clean) -> None:
+    """A name without a single review is an empty class: it lowers macro F1 and hides ROC AUC."""
+    seen = {int(i) for series in ids.values() for i in series.dropna()}
+    missing = [i for i in range(len(names)) if i not in seen]
+    if missing:
+        shown = ", ".join(f"{i} ('{names[i]}')" for i in missing)
+        if params.label_map:
+            where = "clean.label_map and clean.label_names"
+        else:
+            where = "clean.label_names" if params.label_names else f"the source's ClassLabel ({SOURCE_LABELS_FILE})"
+        raise PipelineError(
+            f"{RAW_DIR}: no review has the label id(s) {shown}, but {where} name {len(names)} classes "
+            f"({', '.join(names)}). Name only the classes the data has, or check data.label_column."
+        )
+
+
 def shorten(ids: list[int]) -> str:
     shown = ", ".join(map(str, ids[:MAX_BAD_ROWS_SHOWN]))
     return shown + (f" (and {len(ids) - MAX_BAD_ROWS_SHOWN} more)" if len(ids) > MAX_BAD_ROWS_SHOWN else "")
 
 
-def parse_labels(splits: dict[str, pd.DataFrame], params: Clean) -> tuple[dict[str, pd.DataFrame], list[str]]:
+def parse_labels(
+    splits: dict[str, pd.DataFrame], params: Clean, source_names: list[str] | None = None
+) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Turn every label into an id in 0..k-1, or stop with the rows that are not."""
     ids = {name: frame["label"].map(lambda v: parse_label(v, params.label_map)) for name, frame in splits.items()}
-    names = label_names(params, [int(i) for series in ids.values() for i in series.dropna()])
+    names = label_names(params, [int(i) for series in ids.values() for i in series.dropna()], source_names)
     allowed = set(range(len(names)))
     for name, frame in splits.items():
         bad = ~ids[name].isin(allowed)
@@ -106,6 +159,7 @@ def parse_labels(splits: dict[str, pd.DataFrame], params: Clean) -> tuple[dict[s
                 f"{describe_allowed(params, names)}. First bad rows (row 1 = first review): {shown}. "
                 f"Fix those rows, or {how}, or set clean.label_names to one name per class."
             )
+    check_every_class_occurs(names, ids, params)
     return {name: frame.assign(label=ids[name].astype(int)) for name, frame in splits.items()}, names
 
 
@@ -166,13 +220,16 @@ def check_usable(name: str, frame: pd.DataFrame, report: dict, names: list[str])
         )
 
 
-def clean_splits(raw: dict[str, pd.DataFrame], params: Clean) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
-    """The cleaned splits, the label names, and the per-split report for metrics/data/clean.json."""
+def clean_splits(
+    raw: dict[str, pd.DataFrame], params: Clean, source_names: list[str] | None = None
+) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
+    """The cleaned splits, the label names (checked against `source_names`, the source's ClassLabel
+    names, when it has them), and the per-split report for metrics/data/clean.json."""
     splits, fixed, dropped = {}, {}, {}
     for name, frame in raw.items():
         splits[name], fixed[name], empty = normalize_texts(frame)
         dropped[name] = Counter(empty_text=empty)
-    splits, names = parse_labels(splits, params)
+    splits, names = parse_labels(splits, params, source_names)
     for name in SPLITS:
         splits[name], counts = drop_duplicates(splits[name])
         dropped[name].update(counts)
@@ -202,7 +259,10 @@ def main() -> None:
     raw = {
         name: pd.read_csv(RAW_DIR / f"{name}.csv", dtype=str, keep_default_na=False, na_values=[""]) for name in SPLITS
     }
-    splits, names, report = clean_splits(raw, params)
+    source_names = None
+    if SOURCE_LABELS_FILE.exists():
+        source_names = json.loads(SOURCE_LABELS_FILE.read_text(encoding="utf-8"))["names"]
+    splits, names, report = clean_splits(raw, params, source_names)
     with atomic_dir(CLEAN_DIR) as out:
         for name, frame in splits.items():
             frame.to_csv(out / f"{name}.csv", index=False, encoding="utf-8")

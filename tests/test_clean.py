@@ -7,6 +7,7 @@ import pytest
 from stages.clean import clean_splits, drop_duplicates, label_names, parse_label
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.params import Clean
+from zh_sentiment.paths import SPLITS
 from zh_sentiment.text import normalize_text
 
 
@@ -312,3 +313,57 @@ def test_a_training_split_with_a_single_class_stops():
 def test_validation_and_test_may_hold_a_single_class():
     splits, _, _ = clean_splits(raw(validation=[("验证好", "1")], test=[("测试差", "0")]), clean_params())
     assert len(splits["validation"]) == len(splits["test"]) == 1
+
+
+# Label names that disagree with the labels (issue 9)
+
+
+def test_label_names_that_contradict_label_map_stop():
+    # every positive review would be called "negative"
+    params = clean_params(label_map={"positive": 0, "negative": 1}, label_names=["negative", "positive"])
+    with pytest.raises(PipelineError) as error:
+        label_names(params, [0, 1])
+    message = str(error.value)
+    assert message.startswith(
+        "clean.label_names says id 0 is 'negative', but clean.label_map maps 'positive' to 0 and 'negative' to 1."
+    )
+    assert "clean.label_names: [positive, negative] (or [] for exactly that)" in message
+
+
+def test_label_names_may_be_any_key_of_their_id():
+    params = clean_params(label_map={"差": 0, "差评": 0, "好评": 1}, label_names=["差评", "好评"])
+    assert label_names(params, [0, 1]) == ["差评", "好评"]
+
+
+def test_more_label_names_than_classes_in_the_data_stop():
+    # a third, empty class would lower macro F1 and hide ROC AUC
+    params = clean_params(label_names=["negative", "neutral", "positive"])
+    with pytest.raises(PipelineError) as error:
+        clean_splits(raw(), params)
+    assert str(error.value).startswith(
+        "data/raw: no review has the label id(s) 2 ('positive'), but clean.label_names name 3 classes"
+    )
+
+
+def test_a_label_map_class_without_reviews_stops():
+    params = clean_params(label_map={"neg": 0, "pos": 1, "neutral": 2}, label_names=[])
+    splits = {name: table(*[(f"{name}{i}", label) for i, label in enumerate(["neg", "pos"])]) for name in SPLITS}
+    with pytest.raises(PipelineError, match=r"no review has the label id\(s\) 2 \('neutral'\), but clean.label_map"):
+        clean_splits(splits, params)
+
+
+def test_repeated_label_names_stop():
+    with pytest.raises(PipelineError, match=r"^clean.label_names names 'good' more than once"):
+        clean_splits(raw(), clean_params(label_names=["good", "good"]))
+
+
+def test_label_names_must_match_the_source_class_label_names():
+    with pytest.raises(PipelineError) as error:
+        clean_splits(raw(), clean_params(label_names=["positive", "negative"]), source_names=["negative", "positive"])
+    assert "the source names its labels [negative, positive] (its label column is a ClassLabel" in str(error.value)
+    assert "Set clean.label_names: [negative, positive], or []" in str(error.value)
+
+
+def test_the_source_class_label_names_are_used_when_label_names_is_empty():
+    _, names, _ = clean_splits(raw(), clean_params(label_names=[]), source_names=["差评", "好评"])
+    assert names == ["差评", "好评"]

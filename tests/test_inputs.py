@@ -22,8 +22,9 @@ import yaml
 from stages import clean, fetch
 from tests.conftest import ROOT, new_project
 from tests.fixtures import write_tiny_bert
-from zh_sentiment import encoder
+from zh_sentiment import encoder, predict
 from zh_sentiment.errors import PipelineError
+from zh_sentiment.tables import read_table
 
 SPLITS = ("train", "validation", "test")
 OLD_SAVE_TO_DISK = ROOT / "tests/data/chnsenticorp-datasets-2.14"
@@ -120,14 +121,12 @@ def test_an_explicit_encoding_is_honoured(workdir):
     reviews = {split: [("房間很乾淨", "1"), ("服務太差", "0")] for split in SPLITS}  # traditional Chinese
     source = write_folder(workdir / "source", reviews, encoding="big5")
     assert rows(run_fetch(workdir, {"data.dataset": str(source), "data.encoding": "big5"})["test"]) == reviews["test"]
-    # auto would have read the Big5 bytes as (valid but wrong) GB18030
-    assert rows(run_fetch(workdir, {"data.dataset": str(source)})["test"]) != reviews["test"]
 
 
 def test_a_wrong_explicit_encoding_names_the_file_and_data_encoding(workdir):
     source = write_folder(workdir / "source", encoding="gbk")
     message = fetch_error(workdir, {"data.dataset": str(source), "data.encoding": "utf-8"})
-    assert message.startswith(f"{source / 'test.csv'}: not valid utf-8")
+    assert message.startswith(f"{source / 'train.csv'}: not valid utf-8")
     assert "Set data.encoding to the file's encoding, or to auto" in message
 
 
@@ -138,7 +137,7 @@ def test_a_missing_text_column_in_a_csv_folder_lists_the_columns_found(workdir):
     source = write_folder(workdir / "source", header=("review", "label"))
     message = fetch_error(workdir, {"data.dataset": str(source)})
     assert message == (
-        f"{source / 'test.csv'}: no column 'text' (from data.text_column). Columns found: 'review', 'label'. "
+        f"{source / 'train.csv'}: no column 'text' (from data.text_column). Columns found: 'review', 'label'. "
         "Set data.text_column to one of them."
     )
 
@@ -434,7 +433,7 @@ def test_a_wrong_encoding_on_the_command_line_is_one_error_message(cli_project, 
     source = write_folder(tmp_path / "source", encoding="gbk")
     write_params(project.path, {"data.dataset": str(source), "data.encoding": "utf-8"})
     stderr = assert_one_error_message(run_stage(cli_project, "fetch"))
-    assert "test.csv: not valid utf-8" in stderr and "data.encoding" in stderr
+    assert "train.csv: not valid utf-8" in stderr and "data.encoding" in stderr
 
 
 # The model
@@ -502,3 +501,239 @@ def test_out_of_memory_in_embed_suggests_a_smaller_batch_size():
     message = str(error.value)
     assert message.startswith("out of memory on cpu embedding 4 reviews of 6 tokens.")
     assert "Lower embed.batch_size (now 4) in params.yaml, e.g. to 2." in message
+
+
+# Issue 9: local sources read fresh, and seen by DVC under data/source
+
+
+def flip_last_label(path: Path, same_inode: bool) -> None:
+    """Flip the last row's label (0 <-> 1) keeping the file's size and mtime: in place (same inode),
+    or as editors save, through a new file renamed over the old one."""
+    before = path.stat()
+    data = path.read_bytes()
+    assert data.endswith((b",0\n", b",1\n"))
+    data = data[:-2] + (b"1\n" if data.endswith(b",0\n") else b"0\n")
+    if same_inode:
+        path.write_bytes(data)
+    else:
+        new = path.with_name(path.name + ".new")
+        new.write_bytes(data)
+        os.replace(new, path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert (after.st_ino == before.st_ino) == same_inode
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_read_by_the_next_fetch(workdir):
+    source = write_folder(workdir / "source")
+    assert run_fetch(workdir, {"data.dataset": str(source)})["test"]["label"].iloc[-1] == "0"
+    (source / "test.csv").write_text("text,label\n很舒服,1\n难吃退货,1\n", encoding="utf-8")
+    assert run_fetch(workdir, {"data.dataset": str(source)})["test"]["label"].iloc[-1] == "1"
+    flip_last_label(source / "test.csv", same_inode=True)
+    assert run_fetch(workdir, {"data.dataset": str(source)})["test"]["label"].iloc[-1] == "0"
+
+
+def dvc_repro(project, *args: str) -> list[str]:
+    output = project.dvc("repro", *args).stdout
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def test_editing_a_source_under_data_source_reruns_fetch_and_clean_on_plain_dvc_repro(tmp_path):
+    project = new_project(tmp_path / "project", {"data.dataset": "data/source/reviews"})
+    source = write_folder(project.path / "data/source/reviews")
+    assert dvc_repro(project, "clean") == ["fetch", "clean"]
+    assert dvc_repro(project, "clean") == []  # nothing changed: nothing runs
+
+    flip_last_label(source / "test.csv", same_inode=False)  # as an editor saves
+    assert dvc_repro(project, "clean") == ["fetch", "clean"]
+    assert list(read_csv(project.path / "data/clean/test.csv")["label"]) == ["1", "1"]
+    assert dvc_repro(project, "clean") == []
+
+    # DVC itself cannot see an edit that keeps inode, size and mtime; --force reads the file afresh
+    flip_last_label(source / "validation.csv", same_inode=True)
+    assert dvc_repro(project, "clean") == []
+    assert dvc_repro(project, "--force", "fetch") == ["fetch"]
+    assert dvc_repro(project, "clean") == ["clean"]
+    assert list(read_csv(project.path / "data/clean/validation.csv")["label"]) == ["1", "1"]
+
+
+def test_a_source_outside_data_source_is_read_with_a_note_that_dvc_does_not_see_its_edits(workdir, capsys):
+    source = write_folder(workdir / "elsewhere")
+    run_fetch(workdir, {"data.dataset": str(source)})
+    assert f"{source} is outside data/source/, so DVC does not see edits to its files" in capsys.readouterr().out
+
+
+# Issue 9: encodings told apart by the text, not by whether the bytes decode
+
+SIMPLIFIED = [
+    ("房间很干净，服务也热情，下次还会入住。", "1"),
+    ("早餐太差了，品种少而且都凉了。", "0"),
+    ("这本书印刷质量不错，内容也很实用。", "1"),
+    ("物流太慢，等了一个星期才到，包装也破了。", "0"),
+    ("建议：", "1"),  # two characters: short GBK files are where detectors go wrong
+    ("扣盖感觉不够严实", "0"),
+]
+TRADITIONAL = [
+    ("房間很乾淨，服務人員也很親切，下次還會再來。", "1"),
+    ("隔音很差，整晚都聽到隔壁的聲音，睡不好。", "0"),
+    ("價格合理，交通方便，離捷運站只要五分鐘。", "1"),
+    ("商品與圖片不符，品質很差，已經申請退貨。", "0"),
+]
+
+
+def write_table(path: Path, reviews, encoding: str, header: bool = True) -> Path:
+    sep = "\t" if path.suffix == ".tsv" else ","
+    lines = ([sep.join(("text", "label"))] if header else []) + [sep.join(row) for row in reviews]
+    path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("encoding", "reviews"),
+    [
+        *(("gbk", [review]) for review in SIMPLIFIED),  # one short review per file
+        ("gbk", SIMPLIFIED),
+        ("gb18030", [*SIMPLIFIED, ("𠀀字不在GBK里", "1")]),
+        *(("big5", [review]) for review in TRADITIONAL),
+        ("big5", TRADITIONAL),
+        ("utf-8", SIMPLIFIED),
+        ("utf-8-sig", TRADITIONAL),
+        ("utf-16", SIMPLIFIED),  # with a byte order mark
+        ("utf-16-le", SIMPLIFIED),  # without
+        ("utf-16-be", TRADITIONAL),
+        ("utf-32", SIMPLIFIED),  # its little-endian BOM starts like UTF-16's
+        ("utf-32-le", TRADITIONAL),
+        ("utf-32-be", SIMPLIFIED),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_auto_reads_chinese_reviews_in_each_encoding(tmp_path, encoding, reviews, suffix):
+    path = write_table(tmp_path / f"train{suffix}", reviews, encoding)
+    table = read_table(path)
+    assert list(table.columns) == ["text", "label"]
+    assert rows(table) == reviews
+
+
+def test_a_big5_folder_is_read_as_big5_by_fetch_with_auto(workdir, capsys):
+    reviews = {"train": TRADITIONAL, "validation": TRADITIONAL[:2], "test": TRADITIONAL[2:]}
+    source = write_folder(workdir / "source", reviews, encoding="big5")
+    raw = run_fetch(workdir, {"data.dataset": str(source)})
+    assert rows(raw["train"]) == TRADITIONAL
+    assert "train.csv: read as cp950 (data.encoding: auto)" in capsys.readouterr().out
+
+
+def test_a_file_that_reads_as_no_chinese_encoding_names_the_file_and_data_encoding(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes("text,label\nホテルの部屋はとても綺麗でした,1\n".encode("shift_jis"))
+    with pytest.raises(PipelineError) as error:
+        read_table(path)
+    assert str(error.value).startswith(f"{path}: cannot tell its encoding")
+    assert "Set data.encoding to the file's encoding" in str(error.value)
+
+
+def test_predict_input_errors_name_its_own_options(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_bytes("text,label\nホテルの部屋はとても綺麗でした,1\n".encode("shift_jis"))
+    with pytest.raises(PipelineError, match="Set --encoding to the file's encoding") as error:
+        read_table(path, encoding_param="--encoding", columns_param="--columns")
+    assert "data.encoding" not in str(error.value)
+
+
+# Issue 9: a split file with a header and no rows
+
+
+@pytest.mark.parametrize("content", ["text,label\n", "text,label\n\n\n"])
+def test_a_split_file_with_a_header_and_no_rows_is_named(workdir, content):
+    source = write_folder(workdir / "source")
+    (source / "test.csv").write_text(content, encoding="utf-8")
+    message = fetch_error(workdir, {"data.dataset": str(source)})
+    assert message.startswith(f"{source / 'test.csv'} has a header row but no reviews.")
+
+
+# Issue 9: the source's own label names (ClassLabel) reach clean
+
+
+def test_a_save_to_disk_source_records_its_class_label_names_for_clean(workdir):
+    run_fetch(workdir, {"data.dataset": str(OLD_SAVE_TO_DISK)})
+    assert json.loads((workdir / "data/raw/labels.json").read_text(encoding="utf-8")) == {
+        "names": ["negative", "positive"]
+    }
+    write_params(workdir, {"data.dataset": str(OLD_SAVE_TO_DISK), "clean.label_names": ["positive", "negative"]})
+    with pytest.raises(PipelineError, match=r"^clean.label_names is \[positive, negative\] but the source names"):
+        clean.main()
+    write_params(workdir, {"data.dataset": str(OLD_SAVE_TO_DISK), "clean.label_names": []})
+    clean.main()
+    assert json.loads((workdir / "data/clean/labels.json").read_text(encoding="utf-8")) == {
+        "names": ["negative", "positive"]
+    }
+
+
+def test_a_csv_source_writes_no_source_label_names(workdir):
+    run_fetch(workdir, {"data.dataset": str(write_folder(workdir / "source"))})
+    assert not (workdir / "data/raw/labels.json").exists()
+
+
+# Issue 11 item 6: folders as people have them
+
+
+def test_a_dev_file_is_the_validation_split_when_there_is_no_validation_file(workdir, capsys):
+    source = write_folder(workdir / "source", {"train": REVIEWS["train"], "dev": REVIEWS["validation"]}, ".tsv")
+    write_folder(source, {"test": REVIEWS["test"]}, ".tsv")
+    raw = run_fetch(workdir, {"data.dataset": str(source)})
+    assert rows(raw["validation"]) == REVIEWS["validation"]
+    assert rows(raw["train"]) == REVIEWS["train"]  # nothing carved from train
+    assert "no split 'validation'; using 'dev' as the validation split" in capsys.readouterr().out
+
+
+def test_files_that_map_to_no_split_are_named_in_a_warning_and_not_read(workdir, capsys):
+    source = write_folder(workdir / "source")
+    (source / "unlabeled.csv").write_bytes(b"\xff\xfe garbage that would not even decode")
+    (source / "notes.txt").write_text("where the data came from", encoding="utf-8")
+    (source / "dev.csv").write_text("text,label\n还行,1\n", encoding="utf-8")  # validation.csv wins
+    raw = run_fetch(workdir, {"data.dataset": str(source)})
+    assert rows(raw["validation"]) == REVIEWS["validation"]
+    assert "warning: dev.csv, notes.txt, unlabeled.csv in" in capsys.readouterr().out
+
+
+def test_headerless_files_are_read_with_data_columns(workdir):
+    reviews = {split: [(label, text) for text, label in split_rows] for split, split_rows in REVIEWS.items()}
+    source = workdir / "source"
+    source.mkdir()
+    for split, split_rows in reviews.items():
+        write_table(source / f"{split}.tsv", split_rows, "utf-8", header=False)
+    raw = run_fetch(workdir, {"data.dataset": str(source), "data.columns": ["label", "text"]})
+    assert rows(raw["train"]) == REVIEWS["train"]
+    assert rows(raw["test"]) == REVIEWS["test"]
+
+
+def test_a_headerless_file_read_as_if_it_had_a_header_says_to_set_data_columns(workdir):
+    source = workdir / "source"
+    source.mkdir()
+    for split, split_rows in REVIEWS.items():
+        write_table(source / f"{split}.tsv", split_rows, "utf-8", header=False)
+    message = fetch_error(workdir, {"data.dataset": str(source)})
+    assert message.startswith(f"{source / 'train.tsv'}: no column 'text' (from data.text_column).")
+    assert "The first row looks like a review, not a header" in message
+    assert "data.columns: [label, text]" in message
+
+
+def test_a_header_row_in_a_file_said_to_have_none_is_an_error(workdir):
+    source = write_folder(workdir / "source", suffix=".tsv")
+    message = fetch_error(workdir, {"data.dataset": str(source), "data.columns": ["text", "label"]})
+    assert message.startswith(f"{source / 'train.tsv'}: the first row (text, label) looks like a header")
+    assert "set data.columns: []" in message
+
+
+def test_data_columns_with_a_saved_dataset_is_an_error(workdir):
+    message = fetch_error(workdir, {"data.dataset": str(OLD_SAVE_TO_DISK), "data.columns": ["text", "label"]})
+    assert message.startswith("data.columns names the columns of CSV/TSV files without a header row")
+
+
+def test_predict_reads_a_headerless_input_with_columns(tmp_path):
+    path = write_table(tmp_path / "in.tsv", [("1", "房间很干净"), ("0", "服务太差")], "gbk", header=False)
+    texts, table = predict.read_reviews(predict.parse_args(["--input", str(path), "--columns", "label,text"]))
+    assert texts == ["房间很干净", "服务太差"]
+    assert list(table["label"]) == ["1", "0"]
+    with pytest.raises(PipelineError, match="--columns label,text"):
+        predict.read_reviews(predict.parse_args(["--input", str(path)]))

@@ -30,12 +30,20 @@ class Data(Section):
     dataset: Annotated[str, Field(min_length=1)]
     text_column: Annotated[str, Field(min_length=1)]
     label_column: Annotated[str, Field(min_length=1)]
+    columns: list[Annotated[str, Field(min_length=1)]]
     encoding: str
     train_split: Annotated[str, Field(min_length=1)]
     validation_split: Annotated[str, Field(min_length=1)]
     test_split: Annotated[str, Field(min_length=1)]
     validation_ratio: Annotated[float, Field(gt=0, lt=1)]
     split_seed: int
+
+    @field_validator("columns")
+    @classmethod
+    def unique_columns(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("column names must be unique")
+        return value
 
     @field_validator("encoding")
     @classmethod

@@ -4,7 +4,10 @@ from pathlib import Path
 
 SPLITS = ("train", "validation", "test")
 
+# Local sources in this folder are a DVC dependency of fetch, so that editing them re-runs it.
+SOURCE_DIR = Path("data/source")
 RAW_DIR = Path("data/raw")
+SOURCE_LABELS_FILE = RAW_DIR / "labels.json"  # the source's own label names (a ClassLabel), when it has them
 CLEAN_DIR = Path("data/clean")
 LABELS_FILE = CLEAN_DIR / "labels.json"
 TOKENS_DIR = Path("data/tokens")

@@ -2,6 +2,7 @@
 
     zh-sentiment predict "这家酒店很干净" "书的质量太差了"
     zh-sentiment predict --input reviews.csv --output predictions.csv [--text-column text]
+    zh-sentiment predict --input reviews.tsv --columns label,text   # a file without a header row
     cat reviews.txt | zh-sentiment predict -
 
 Everything it needs (encoder, max_length, pooling, label names) comes from the
@@ -51,7 +52,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--text-column", default="text", help="column of --input that holds the reviews (default: text)"
     )
-    parser.add_argument("--encoding", default="auto", help="encoding of --input (default: auto: UTF-8 or GB18030/GBK)")
+    parser.add_argument(
+        "--columns",
+        type=lambda value: [name.strip() for name in value.split(",")],
+        help="--input has no header row; these are its columns in order, e.g. label,text",
+    )
+    parser.add_argument(
+        "--encoding", default="auto", help="encoding of --input (default: auto: UTF-8/16/32, GBK/GB18030 or Big5)"
+    )
     parser.add_argument(
         "--model-dir",
         type=Path,
@@ -106,26 +114,20 @@ def not_a_text_table(data: bytes) -> str | None:
     return None
 
 
-def for_predict(err: PipelineError, path: Path, where: str) -> PipelineError:
-    """A table-reading message worded for predict, whose encoding comes from --encoding, not params.yaml."""
-    message = str(err).replace(str(path), where).replace("data.encoding in params.yaml", "--encoding")
-    return PipelineError(message.replace("data.encoding", "--encoding"))
-
-
 def decode(data: bytes, path: Path, encoding: str, where: str) -> str:
     """`data` (the bytes of `path`) as text, decoded as a file's would be; `where` names it in messages."""
     problem = not_a_text_table(data)
     if problem:
         raise PipelineError(f"{where} is {problem}. Save it as CSV (UTF-8) or as tab-separated text.")
     try:
-        return data.decode(detect_encoding(path, encoding))
+        return data.decode(detect_encoding(path, encoding, "--encoding"))
     except PipelineError as err:
         if b"\0" in data[:4096] and encoding == "auto":
             raise PipelineError(
                 f"{where} looks like a binary file, not review text (it holds NUL bytes). "
                 "Give a CSV or TSV text file, or --encoding if it is text in UTF-16/UTF-32."
             ) from None
-        raise for_predict(err, path, where) from None
+        raise PipelineError(str(err).replace(str(path), where)) from None
 
 
 def read_stdin(encoding: str) -> str:
@@ -143,11 +145,8 @@ def read_reviews(args: argparse.Namespace) -> tuple[list[str], pd.DataFrame | No
         if not args.input.is_file():
             raise PipelineError(f"--input {args.input}: no such file.")
         decode(args.input.read_bytes(), args.input, args.encoding, f"--input {args.input}")  # clear messages first
-        try:
-            table = read_table(args.input, args.encoding)
-        except PipelineError as err:
-            raise for_predict(err, args.input, f"--input {args.input}") from None
-        require_columns(list(table.columns), {"--text-column": args.text_column}, str(args.input))
+        table = read_table(args.input, args.encoding, args.columns, "--encoding", "--columns")
+        require_columns(list(table.columns), {"--text-column": args.text_column}, str(args.input), "--columns")
         raw = table[args.text_column].fillna("").tolist()
     elif args.texts == ["-"]:
         table, raw = None, [line for line in read_stdin(args.encoding).splitlines() if line.strip()]
