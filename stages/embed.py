@@ -3,34 +3,68 @@
 Writes data/features/<split>.safetensors (one fp32 vector per review, and its
 label) and data/features/embedding.json (model, max_length, pooling, precision):
 train and evaluate then never touch the encoder again.
+
+With finetune.layers: N it also writes data/states/<split>.safetensors: the hidden
+states entering the top N layers, for the real tokens only, in fp16 (see
+zh_sentiment/finetune.py), and data/states/states.json. With `all` data/states/
+holds only states.json: finetune then reads the tokens.
 """
 
 import json
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from zh_sentiment.encoder import choose_device, choose_precision, embed, load_encoder, use_all_cores
 from zh_sentiment.errors import run
+from zh_sentiment.finetune import STATES_DTYPE, first_trained_layer, save_states
 from zh_sentiment.outputs import atomic_dir, write_json
 from zh_sentiment.params import load_params
-from zh_sentiment.paths import EMBEDDING_FILE, FEATURES_DIR, SPLITS, TOKENIZATION_FILE, TOKENS_DIR
+from zh_sentiment.paths import (
+    EMBEDDING_FILE,
+    FEATURES_DIR,
+    SPLITS,
+    STATES_DIR,
+    STATES_FILE,
+    TOKENIZATION_FILE,
+    TOKENS_DIR,
+)
 
 
 def main() -> None:
-    params = load_params().embed
+    all_params = load_params()
+    params = all_params.embed
     tokenizer_info = json.loads(TOKENIZATION_FILE.read_text(encoding="utf-8"))
     device = choose_device(params.device)
     precision = choose_precision(params.precision, device)
     use_all_cores()
     model = load_encoder(tokenizer_info["model"], device, precision)
+    start = first_trained_layer(all_params.finetune.layers, model.config.num_hidden_layers)
     print(f"embed: {tokenizer_info['model']} on {device} in {precision}, {params.pooling} pooling")
 
-    with atomic_dir(FEATURES_DIR) as out:
+    with atomic_dir(FEATURES_DIR) as out, atomic_dir(STATES_DIR) as states_out:
         for split in SPLITS:
             tokens = load_file(TOKENS_DIR / f"{split}.safetensors")
-            features = embed(model, tokens, params.pooling, params.batch_size, device, progress=f"embed {split}")
+            states = None
+            if start is not None:
+                states = torch.empty(int(tokens["lengths"].sum()), model.config.hidden_size, dtype=STATES_DTYPE)
+            features = embed(
+                model, tokens, params.pooling, params.batch_size, device, f"embed {split}", states, start or 0
+            )
             save_file({"features": features, "labels": tokens["labels"]}, out / f"{split}.safetensors")
+            if states is not None:
+                save_states(states_out / f"{split}.safetensors", states, tokens["lengths"], tokens["labels"])
         write_json(out / EMBEDDING_FILE.name, {**tokenizer_info, "pooling": params.pooling, "precision": precision})
+        write_json(
+            states_out / STATES_FILE.name,
+            {
+                **tokenizer_info,
+                "layers": all_params.finetune.layers,
+                "first_trained_layer": start,
+                "precision": precision,
+                "dtype": str(STATES_DTYPE).removeprefix("torch.") if start is not None else None,
+            },
+        )
 
 
 if __name__ == "__main__":

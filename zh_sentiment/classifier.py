@@ -23,8 +23,12 @@ def load_features(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return tensors["features"], tensors["labels"]
 
 
-def save_classifier(head: torch.nn.Linear, info: dict, folder: Path) -> None:
+def save_classifier(head: torch.nn.Linear, info: dict, folder: Path, encoder=None, tokenizer=None) -> None:
+    """Write the model folder in one go; a fine-tuned model brings its encoder and tokenizer (model "." in info)."""
     with atomic_dir(folder) as out:
+        if encoder is not None:
+            encoder.save_pretrained(out)  # safetensors
+            tokenizer.save_pretrained(out)
         torch.save(head.state_dict(), out / HEAD_FILE)
         write_json(out / INFO_FILE, info)
 

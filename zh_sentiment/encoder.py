@@ -94,13 +94,13 @@ def max_positions(name: str, source: str = "model.name") -> int:
     return from_hub(AutoConfig.from_pretrained, name, source).max_position_embeddings
 
 
-def choose_device(requested: str) -> torch.device:
+def choose_device(requested: str, source: str = "embed.device") -> torch.device:
     if requested != "auto":
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise PipelineError(f"embed.device is '{requested}' but CUDA is not available here; use auto or cpu.")
+            raise PipelineError(f"{source} is '{requested}' but CUDA is not available here; use auto or cpu.")
         if device.type == "mps" and not torch.backends.mps.is_available():
-            raise PipelineError(f"embed.device is '{requested}' but MPS is not available here; use auto or cpu.")
+            raise PipelineError(f"{source} is '{requested}' but MPS is not available here; use auto or cpu.")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -163,13 +163,19 @@ def embed(
     batch_size: int,
     device: torch.device,
     progress: str | None = None,
+    states: torch.Tensor | None = None,
+    states_layer: int = 0,
 ) -> torch.Tensor:
     """One fp32 feature vector per review, in the order of `tokens`.
 
     Reviews are batched longest first and each batch is padded only to its own
     longest review, so the encoder's work follows the real tokens, not max_length.
+    With `states` ([total real tokens, hidden], one review's rows after the other's,
+    in the order of `tokens`), it also fills in the hidden states that enter layer
+    `states_layer` (0 = the embeddings' output): what fine-tuning the layers above reads.
     """
     lengths = tokens["lengths"]
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.long().cumsum(0)])
     order = torch.argsort(lengths, descending=True, stable=True)
     features = torch.empty(len(lengths), model.config.hidden_size, dtype=torch.float32)
     with tqdm(total=int(lengths.sum()), unit="tok", unit_scale=True, desc=progress, disable=progress is None) as bar:
@@ -180,12 +186,18 @@ def embed(
                 for key in ("input_ids", "attention_mask", "token_type_ids")
             }
             try:
-                hidden = model(**inputs).last_hidden_state
+                output = model(**inputs, output_hidden_states=states is not None)
+                hidden = output.last_hidden_state
             except torch.OutOfMemoryError:
                 raise PipelineError(
                     f"out of memory on {device} embedding {len(batch)} reviews of {width} tokens. "
                     f"Lower embed.batch_size (now {batch_size}) in params.yaml, e.g. to {max(1, batch_size // 2)}."
                 ) from None
             features[batch] = pool(hidden, inputs["attention_mask"], pooling).float().cpu()
+            if states is not None:
+                entering = output.hidden_states[states_layer].to(device="cpu", dtype=states.dtype)
+                for row, review in enumerate(batch.tolist()):
+                    start, end = offsets[review], offsets[review + 1]
+                    states[start:end] = entering[row, : end - start]  # real tokens only: no padding on disk
             bar.update(int(lengths[batch].sum()))
     return features

@@ -89,6 +89,21 @@ class Train(Section):
     seed: int
 
 
+class Finetune(Section):
+    layers: PositiveInt | Literal["all"]  # the top N encoder layers train on cached states; all: the whole model
+    epochs: PositiveInt
+    batch_size: PositiveInt  # reviews per forward pass, over all processes together
+    grad_accum: PositiveInt  # batches per optimizer step
+    lr: Annotated[float, Field(gt=0)]
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    patience: PositiveInt
+    seed: int
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)]
+    processes: PositiveInt  # data-parallel processes dvc.yaml starts with torchrun
+
+
 class Params(Section):
     data: Data
     model: Model
@@ -96,6 +111,7 @@ class Params(Section):
     tokenize: Tokenize
     embed: Embed
     train: Train
+    finetune: Finetune
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
