@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from zh_sentiment.classifier import load_classifier
+from zh_sentiment.classifier import INFO_FILE, load_classifier
 from zh_sentiment.encoder import (
     choose_device,
     choose_precision,
@@ -31,7 +31,7 @@ from zh_sentiment.encoder import (
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import DEVICE_PATTERN
-from zh_sentiment.paths import FROZEN_HEAD, model_dir
+from zh_sentiment.paths import FINETUNED, FROZEN_HEAD, model_dir
 from zh_sentiment.tables import read_table, require_columns
 from zh_sentiment.text import normalize_text
 
@@ -50,8 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model-dir",
         type=Path,
-        default=model_dir(FROZEN_HEAD),
-        help="trained model folder (default: models/frozen_head)",
+        help="trained model folder (default: models/finetuned when it exists, else models/frozen_head)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="reviews per encoder batch (default: 32)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -70,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size must be at least 1")
     if not re.match(DEVICE_PATTERN, args.device):
         parser.error(f"--device {args.device}: expected auto, cpu, cuda, cuda:N or mps")
+    if args.model_dir is None:
+        finetuned = model_dir(FINETUNED)
+        args.model_dir = finetuned if (finetuned / INFO_FILE).exists() else model_dir(FROZEN_HEAD)
     return args
 
 
@@ -104,11 +106,14 @@ def predict(
 ) -> tuple[torch.Tensor, list[str]]:
     """Class probabilities (one row per text) and the class names."""
     head, info = load_classifier(model_dir)
-    source = f"'model' in {model_dir / 'model.json'}"
-    tokenizer = load_tokenizer(info["model"], source)
+    source = f"'model' in {model_dir / INFO_FILE}"
+    # a fine-tuned model ("model": ".") carries its own encoder and tokenizer
+    encoder_name = str(model_dir.resolve()) if info["model"] == "." else info["model"]
+    print(f"predict: model {model_dir} ({info.get('kind', FROZEN_HEAD)})", file=sys.stderr)
+    tokenizer = load_tokenizer(encoder_name, source)
     device = choose_device(device_name)
     use_all_cores()
-    encoder = load_encoder(info["model"], device, choose_precision(precision, device), source)
+    encoder = load_encoder(encoder_name, device, choose_precision(precision, device), source)
     probabilities = []
     with tqdm(total=len(texts), unit="review", desc="predict", disable=len(texts) <= batch_size) as bar:
         for start in range(0, len(texts), CHUNK):
