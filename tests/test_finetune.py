@@ -55,8 +55,8 @@ def train(tiny_bert, train_split, validation_split, start: int, pooling: str):
     return history
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_cached_states_train_like_the_whole_model_with_frozen_lower_layers(tiny_bert, tmp_path, pooling):
+def test_cached_states_train_like_the_whole_model_with_frozen_lower_layers(tiny_bert, tmp_path):
+    pooling = "mean"  # reads every position, padding included unless the mask is right
     start = first_trained_layer(PARAMS["layers"], 2)  # the tiny BERT has 2 layers: layer 1 trains
     tokens = {
         "train": tokens_file(tiny_bert, tmp_path, "train", 48, 1),
