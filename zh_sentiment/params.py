@@ -90,7 +90,7 @@ class Train(Section):
 
 
 class Finetune(Section):
-    layers: PositiveInt | Literal["all"]  # the top N encoder layers train on cached states; all: the whole model
+    layers: int | str  # the top N encoder layers train on cached states; all: the whole model
     epochs: PositiveInt
     batch_size: PositiveInt  # reviews per forward pass, over all processes together
     grad_accum: PositiveInt  # batches per optimizer step
@@ -102,6 +102,14 @@ class Finetune(Section):
     seed: int
     device: Annotated[str, Field(pattern=DEVICE_PATTERN)]
     processes: PositiveInt  # data-parallel processes dvc.yaml starts with torchrun
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def number_or_all(cls, value):
+        # one message instead of one per member of the union
+        if value == "all" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("expected a number of top layers to fine-tune (1 or more, at most the model's), or all")
 
 
 class Params(Section):
