@@ -6,13 +6,15 @@ import sys
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 
+from tests.conftest import ROOT
 from tests.fixtures import reviews
 from zh_sentiment.encoder import embed, encode_texts, load_encoder, load_tokenizer
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.finetune import CachedStates, FineTuned, Tokens, first_trained_layer, fit, save_states
-from zh_sentiment.params import Finetune
+from zh_sentiment.params import Finetune, load_params
 
 PARAMS = {
     "layers": 1,
@@ -79,6 +81,18 @@ def test_cached_states_train_like_the_whole_model_with_frozen_lower_layers(tiny_
     }
     wrong = train(tiny_bert, off_by_one["train"], off_by_one["val"], start, pooling)
     assert max(abs(a["train_loss"] - b["train_loss"]) for a, b in zip(whole, wrong)) > 1e-3
+
+
+@pytest.mark.parametrize("value", [0, "top", 1.5, "2"])
+def test_layers_must_be_a_positive_number_or_all(tmp_path, value):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["finetune"]["layers"] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    with pytest.raises(PipelineError) as caught:
+        load_params(tmp_path / "params.yaml")
+    assert "1 problem(s)" in str(caught.value) and f"finetune.layers = {value!r}: expected a number" in str(
+        caught.value
+    )
 
 
 def test_layers_beyond_the_model_is_a_clear_error():
