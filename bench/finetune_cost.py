@@ -1,6 +1,6 @@
 """What fine-tuning costs: one epoch of the top 2 layers on cached states against one epoch of every layer.
 
-    python -m bench.finetune_cost [--reviews 64] [--batch-size 16] [--repeats 2]
+    python -m bench.finetune_cost [--reviews 32] [--batch-size 8] [--repeats 2]
 
 A bert-base-shaped encoder (BertConfig's defaults: 12 layers, hidden 768) with random weights,
 built here; reviews of random tokens with ChnSentiCorp's length mix (log-normal around its median
@@ -83,8 +83,8 @@ def epoch_seconds(state: dict, config: BertConfig, train, validation, layers, pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reviews", type=int, default=64, help="training reviews (default 64)")
-    parser.add_argument("--batch-size", type=int, default=16, help="finetune.batch_size (default 16)")
+    parser.add_argument("--reviews", type=int, default=32, help="training reviews (default 32)")
+    parser.add_argument("--batch-size", type=int, default=8, help="finetune.batch_size (default 8)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each epoch; the fastest counts")
     args = parser.parse_args()
     use_all_cores()
