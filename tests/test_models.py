@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import SafetensorError
-from transformers import AutoModel, DistilBertConfig, DistilBertModel
+from transformers import AutoModel, BertModel, BertTokenizerFast, DistilBertConfig, DistilBertModel
 
 from tests.fixtures import reviews, write_tiny_bert
 from zh_sentiment import classifier, encoder, predict
@@ -135,8 +135,9 @@ def test_a_hub_id_is_fingerprinted_in_the_cache_it_resolved_to(tiny_bert, tmp_pa
 
 def test_a_finetuned_folder_holds_its_own_encoder(tiny_bert, tmp_path, capsys):
     """model "." is the model folder itself: the encoder and tokenizer saved there, head.pt and model.json added."""
-    folder = Path(shutil.copytree(tiny_bert, tmp_path / "finetuned"))
-    save_classifier(torch.nn.Linear(128, 2), model_info(".", kind="finetuned"), folder)
+    folder = tmp_path / "finetuned"
+    bert, tokenizer = BertModel.from_pretrained(tiny_bert), BertTokenizerFast.from_pretrained(tiny_bert)
+    save_classifier(torch.nn.Linear(128, 2), model_info(".", kind="finetuned"), folder, bert, tokenizer)
     assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
     recorded = json.loads((folder / "model.json").read_text(encoding="utf-8"))["fingerprint"]
     assert recorded == classifier.fingerprint(tiny_bert)

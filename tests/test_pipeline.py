@@ -1,11 +1,14 @@
 """The whole pipeline, run for real by `dvc repro` on the tiny fixtures."""
 
+from pathlib import Path
+
 import pandas as pd
+import torch
 from safetensors.torch import load_file
 
 from tests.conftest import FIXTURE_PARAMS
 
-STAGES = ["fetch", "clean", "tokenize", "embed", "train", "evaluate"]
+STAGES = ["fetch", "clean", "tokenize", "embed", "train", "evaluate", "finetune"]
 SPLITS = ["train", "validation", "test"]
 
 
@@ -28,6 +31,13 @@ def test_repro_runs_every_stage_and_writes_every_output(trained_project):
         "metrics/frozen_head/predictions.csv",
         "metrics/frozen_head/roc.csv",
         "metrics/frozen_head/misclassified.csv",
+        *(f"data/states/{split}.safetensors" for split in SPLITS),
+        "data/states/states.json",
+        *(f"models/finetuned/{name}" for name in ("model.safetensors", "config.json", "head.pt", "model.json")),
+        "models/finetuned/tokenizer.json",
+        "metrics/finetuned.json",
+        *(f"metrics/finetuned/{name}" for name in ("history.csv", "training.json", "predictions.csv", "roc.csv")),
+        "metrics/finetuned/misclassified.csv",
     ]
     missing = [path for path in expected if not (trained_project.path / path).is_file()]
     assert missing == []
@@ -123,7 +133,7 @@ def test_changing_max_length_reruns_tokenize_and_after_but_not_fetch_or_clean(tr
     project = trained_project.copy(tmp_path / "max_length")
     project.set_params({"tokenize.max_length": 32})
     assert "tokenize.max_length" in project.dvc("params", "diff").stdout
-    assert project.repro() == ["tokenize", "embed", "train", "evaluate"]
+    assert project.repro() == ["tokenize", "embed", "train", "evaluate", "finetune"]
     assert project.json("metrics/data/tokenize.json")["max_length"] == 32
 
 
@@ -131,3 +141,45 @@ def test_same_params_and_seed_give_identical_metrics(trained_project, project):
     project.repro()
     for path in sorted((trained_project.path / "metrics").glob("*.json")):
         assert (project.path / "metrics" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_embed_keeps_the_states_entering_the_finetuned_layers_for_real_tokens_only(trained_project):
+    tokens = load_file(trained_project.path / "data/tokens/train.safetensors")
+    states = load_file(trained_project.path / "data/states/train.safetensors")
+    assert states["states"].shape == (int(tokens["lengths"].sum()), 128)  # ragged: no padding stored
+    assert states["states"].dtype == torch.float16
+    assert (states["lengths"] == tokens["lengths"]).all()
+    info = trained_project.json("data/states/states.json")
+    assert (info["layers"], info["first_trained_layer"]) == (FIXTURE_PARAMS["finetune.layers"], 1)
+
+
+def test_finetune_keeps_the_best_epoch_and_writes_a_self_contained_model(trained_project):
+    training = trained_project.json("metrics/finetuned/training.json")
+    history = pd.read_csv(trained_project.path / "metrics/finetuned/history.csv")
+    assert set(history.columns) == {"epoch", "train_loss", "train_accuracy", "validation_loss", "validation_accuracy"}
+    best = history.loc[history["epoch"] == training["best_epoch"]].iloc[0]
+    assert best["validation_accuracy"] == history["validation_accuracy"].max()
+    assert trained_project.json("metrics/finetuned.json")["validation_accuracy"] == round(
+        best["validation_accuracy"], 6
+    )
+    assert trained_project.json("metrics/finetuned.json")["accuracy"] >= 0.9
+
+    info = trained_project.json("models/finetuned/model.json")
+    assert (info["kind"], info["model"], info["max_length"]) == (
+        "finetuned",
+        ".",
+        FIXTURE_PARAMS["tokenize.max_length"],
+    )
+    # the top layer moved away from the starting weights, the one below did not
+    tuned = load_file(trained_project.path / "models/finetuned/model.safetensors")
+    original = load_file(Path(trained_project.json("data/tokens/tokenization.json")["model"]) / "model.safetensors")
+    top, below = "encoder.layer.1.output.dense.weight", "encoder.layer.0.output.dense.weight"
+    assert not torch.equal(tuned[top], original[top])
+    assert torch.equal(tuned[below], original[below])
+
+
+def test_changing_a_finetune_training_param_reruns_only_finetune(trained_project, tmp_path):
+    project = trained_project.copy(tmp_path / "lr")
+    project.set_params({"finetune.lr": 0.0005})
+    assert "finetune.lr" in project.dvc("params", "diff").stdout
+    assert project.repro() == ["finetune"]

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors.torch import load_file
 
 from zh_sentiment.errors import PipelineError
-from zh_sentiment.outputs import atomic_dir, atomic_file, write_json
+from zh_sentiment.outputs import atomic_dir, write_json
 from zh_sentiment.paths import FEATURES_DIR, HEAD_FILE, INFO_FILE, WEIGHT_FILES
 
 SELF = "."  # `model` of a finetuned folder: the encoder is saved in the model folder itself
@@ -68,7 +68,7 @@ def load_features(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def encoder_location(info: dict, folder: Path) -> str:
     """Where to load the encoder from: model.json's `model`, where "." is the model folder itself."""
-    return str(folder) if info["model"] == SELF else info["model"]
+    return str(folder.resolve()) if info["model"] == SELF else info["model"]
 
 
 def weights_folder(name: str) -> Path:
@@ -140,23 +140,19 @@ def check_head(state, num_labels: int, path: Path) -> None:
         )
 
 
-def save_classifier(head: torch.nn.Linear, info: dict, folder: Path) -> None:
-    """Write head.pt and model.json, adding the fingerprint of the encoder's weights to `info`.
+def save_classifier(head: torch.nn.Linear, info: dict, folder: Path, encoder=None, tokenizer=None) -> None:
+    """Write the model folder whole, atomically: head.pt, and model.json with the fingerprint of the encoder's weights.
 
-    With `model` "." (a finetuned model) the encoder and tokenizer must already be saved in `folder`
-    (the caller writes them inside its own atomic_dir): head.pt and model.json join them, model.json
-    last. Any other folder is replaced whole, atomically.
+    A fine-tuned model brings its encoder and tokenizer, saved into the folder itself (`model` "." in info).
     """
     state = {key: value.detach().cpu().contiguous() for key, value in head.state_dict().items()}
-    location = encoder_location(info, folder)
-    record = validate_info({**info, "fingerprint": fingerprint(weights_folder(location))}, folder / INFO_FILE)
-    check_head(state, record["num_labels"], folder / HEAD_FILE)
-    if info["model"] == SELF:
-        with atomic_file(folder / HEAD_FILE) as tmp:
-            torch.save(state, tmp)
-        write_json(folder / INFO_FILE, record)
-        return
     with atomic_dir(folder) as out:
+        if encoder is not None:
+            encoder.save_pretrained(out)  # safetensors
+            tokenizer.save_pretrained(out)
+        location = encoder_location(info, out)
+        record = validate_info({**info, "fingerprint": fingerprint(weights_folder(location))}, folder / INFO_FILE)
+        check_head(state, record["num_labels"], folder / HEAD_FILE)
         torch.save(state, out / HEAD_FILE)
         write_json(out / INFO_FILE, record)
 

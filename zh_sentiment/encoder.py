@@ -197,14 +197,20 @@ def embed(
     batch_size: int,
     device: torch.device,
     progress: str | None = None,
+    states: torch.Tensor | None = None,
+    states_layer: int = 0,
 ) -> torch.Tensor:
     """One fp32 feature vector per review, in the order of `tokens`.
 
     Reviews are batched longest first and each batch is padded only to its own
     longest review, so the encoder's work follows the real tokens, not max_length.
+    With `states` ([total real tokens, hidden], one review's rows after the other's,
+    in the order of `tokens`), it also fills in the hidden states that enter layer
+    `states_layer` (0 = the embeddings' output): what fine-tuning the layers above reads.
     """
     lengths = tokens["lengths"]
     keys = [key for key in forward_inputs(model) if key in tokens]
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.long().cumsum(0)])
     order = torch.argsort(lengths, descending=True, stable=True)
     features = torch.empty(len(lengths), model.config.hidden_size, dtype=torch.float32)
     with tqdm(total=int(lengths.sum()), unit="tok", unit_scale=True, desc=progress, disable=progress is None) as bar:
@@ -213,7 +219,8 @@ def embed(
             # rows are right-padded (encode_texts), so the first `width` columns hold every real token
             inputs = {key: tokens[key][batch, :width].to(device=device, dtype=torch.long) for key in keys}
             try:
-                hidden = model(**inputs).last_hidden_state
+                output = model(**inputs, output_hidden_states=states is not None)
+                hidden = output.last_hidden_state
             except torch.OutOfMemoryError:
                 raise PipelineError(
                     f"out of memory on {device} embedding {len(batch)} reviews of {width} tokens. "
@@ -221,5 +228,10 @@ def embed(
                 ) from None
             mask = tokens["attention_mask"][batch, :width].to(device)
             features[batch] = pool(hidden, mask, pooling).cpu()
+            if states is not None:
+                entering = output.hidden_states[states_layer].to(device="cpu", dtype=states.dtype)
+                for row, review in enumerate(batch.tolist()):
+                    start, end = offsets[review], offsets[review + 1]
+                    states[start:end] = entering[row, : end - start]  # real tokens only: no padding on disk
             bar.update(int(lengths[batch].sum()))
     return features

@@ -97,6 +97,29 @@ class Train(Section):
     seed: int
 
 
+class Finetune(Section):
+    layers: int | str  # the top N encoder layers train on cached states; all: the whole model
+    epochs: PositiveInt
+    batch_size: PositiveInt  # reviews per forward pass, over all processes together
+    grad_accum: PositiveInt  # batches per optimizer step
+    lr: Annotated[float, Field(gt=0)]
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    patience: PositiveInt
+    seed: int
+    device: Annotated[str, Field(pattern=DEVICE_PATTERN)]
+    processes: PositiveInt  # data-parallel processes dvc.yaml starts with torchrun
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def number_or_all(cls, value):
+        # one message instead of one per member of the union
+        if value == "all" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("expected a number of top layers to fine-tune (1 or more, at most the model's), or all")
+
+
 class Params(Section):
     data: Data
     model: Model
@@ -104,6 +127,7 @@ class Params(Section):
     tokenize: Tokenize
     embed: Embed
     train: Train
+    finetune: Finetune
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

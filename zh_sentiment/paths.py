@@ -14,6 +14,8 @@ TOKENS_DIR = Path("data/tokens")
 TOKENIZATION_FILE = TOKENS_DIR / "tokenization.json"
 FEATURES_DIR = Path("data/features")
 EMBEDDING_FILE = FEATURES_DIR / "embedding.json"
+STATES_DIR = Path("data/states")  # hidden states entering the top finetune.layers layers (empty with layers: all)
+STATES_FILE = STATES_DIR / "states.json"
 
 MODELS_DIR = Path("models")
 HEAD_FILE = "head.pt"  # in every model folder: the linear head's state dict
@@ -27,6 +29,7 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 FROZEN_HEAD = "frozen_head"  # a linear head on the frozen encoder's features (stages train, evaluate)
+FINETUNED = "finetuned"  # the encoder's top layers (or all) trained with a head (stage finetune)
 
 # metrics/<model>.json are the DVC metrics, one small file per model, so that `dvc metrics show`
 # reads as a comparison of the models. Everything else is a report or plot data, not a metric.

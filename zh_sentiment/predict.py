@@ -37,7 +37,7 @@ from zh_sentiment.encoder import (
 from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import DEVICE_PATTERN
-from zh_sentiment.paths import FROZEN_HEAD, INFO_FILE, model_dir
+from zh_sentiment.paths import FINETUNED, FROZEN_HEAD, INFO_FILE, model_dir
 from zh_sentiment.tables import detect_encoding, read_table, require_columns
 from zh_sentiment.text import normalize_text
 
@@ -63,8 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model-dir",
         type=Path,
-        default=model_dir(FROZEN_HEAD),
-        help="trained model folder (default: models/frozen_head)",
+        help="trained model folder (default: models/finetuned when it exists, else models/frozen_head)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="reviews per encoder batch (default: 32)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -89,6 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size must be at least 1")
     if not re.match(DEVICE_PATTERN, args.device):
         parser.error(f"--device {args.device}: expected auto, cpu, cuda, cuda:N or mps")
+    if args.model_dir is None:
+        finetuned = model_dir(FINETUNED)
+        args.model_dir = finetuned if (finetuned / INFO_FILE).exists() else model_dir(FROZEN_HEAD)
     return args
 
 
@@ -193,6 +195,7 @@ def predict(
     info_file = model_dir / INFO_FILE
     source = f"'model' in {info_file}"
     location = encoder_location(info, model_dir)
+    print(f"predict: model {model_dir} ({info['kind']})", file=sys.stderr)
     tokenizer = load_tokenizer(location, source)
     device, precision = choose_settings(device_name, precision, info["precision"])
     use_all_cores()

@@ -1,0 +1,256 @@
+"""Fine-tuning: the encoder's top N layers (or all of them) and a linear head, trained together.
+
+With `finetune.layers: N` the lower L-N layers stay frozen, so the hidden states that enter
+layer L-N never change: embed computes them once (data/states/, real tokens only, fp16) and
+training runs only the top N layers on them, an epoch costing about N/L of a full one.
+With `all` every layer (embeddings included) trains from the tokens in data/tokens/.
+
+Data-parallel over processes started by torchrun: every process sees the same shuffled
+batches and takes every world-th review of each, DDP averages the gradients, so a step
+is the same step one process would take on the whole batch.
+"""
+
+import math
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+from transformers.masking_utils import create_bidirectional_mask
+
+from zh_sentiment.encoder import pool
+from zh_sentiment.errors import PipelineError
+from zh_sentiment.params import Finetune
+
+STATES_DTYPE = torch.float16  # layer outputs leave a LayerNorm (|x| of a few units): fp16 keeps ~3 digits, bf16 ~2
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+GROUP = 50  # length grouping: reviews are sorted by length within runs of GROUP batches
+
+
+def first_trained_layer(layers: int | str, num_hidden_layers: int) -> int | None:
+    """Index of the lowest layer that trains (the states entering it are cached), or None for `all`."""
+    if layers == "all":
+        return None
+    if layers > num_hidden_layers:
+        raise PipelineError(
+            f"finetune.layers = {layers}, but the model has {num_hidden_layers} layers (num_hidden_layers in its "
+            f"config). Set finetune.layers to 1..{num_hidden_layers}, or to all."
+        )
+    return num_hidden_layers - layers
+
+
+# --- data: one split, handed out in batches padded to their own longest review ---------------------------------
+
+
+def save_states(path, states: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:
+    """Ragged: the real tokens' rows of every review, one review after the other, and each review's length."""
+    save_file({"states": states, "lengths": lengths, "labels": labels}, path)
+
+
+class CachedStates:
+    """The hidden states entering the first trained layer (what embed wrote), per review."""
+
+    def __init__(self, path):
+        tensors = load_file(path)
+        self.states, self.labels = tensors["states"], tensors["labels"]
+        self.lengths = tensors["lengths"].long()
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.lengths.cumsum(0)])
+        if self.offsets[-1] != len(self.states):
+            raise PipelineError(f"{path}: the lengths do not add up to the rows stored; run `dvc repro -f embed`.")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        width = int(self.lengths[index].max())
+        states = torch.zeros(len(index), width, self.states.shape[1])
+        mask = torch.zeros(len(index), width, dtype=torch.long)
+        for row, review in enumerate(index.tolist()):
+            start, end = self.offsets[review], self.offsets[review + 1]
+            states[row, : end - start] = self.states[start:end]
+            mask[row, : end - start] = 1
+        return {"states": states, "attention_mask": mask}
+
+
+class Tokens:
+    """The tokenized reviews (data/tokens), for training every layer."""
+
+    def __init__(self, path):
+        self.tokens = load_file(path)
+        self.labels, self.lengths = self.tokens["labels"], self.tokens["lengths"].long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        width = int(self.lengths[index].max())
+        return {key: self.tokens[key][index, :width].long() for key in TOKEN_KEYS}
+
+
+def length_grouped_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled batches of reviews of similar length, so padding each batch to its longest review wastes little:
+    shuffle, sort each run of GROUP batches' worth of reviews by length, cut it into batches, shuffle the batches."""
+    order = torch.randperm(len(lengths), generator=generator)
+    batches = []
+    for run in order.split(batch_size * GROUP):
+        batches += run[torch.argsort(lengths[run], descending=True, stable=True)].split(batch_size)
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+
+
+# --- the model ------------------------------------------------------------------------------------------------
+
+
+class FineTuned(torch.nn.Module):
+    """The encoder with a linear head on its pooled output; layers from `start` up train (all when start is None).
+
+    It takes a batch of tokens (the whole encoder runs) or of cached states (only the layers from
+    `start` up run): both compute the same thing, since the frozen layers below stay in eval mode.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, num_labels: int, pooling: str, start: int | None):
+        super().__init__()
+        if start is not None and not hasattr(getattr(encoder, "encoder", None), "layer"):
+            raise PipelineError(
+                f"finetune.layers: a number needs a BERT-style encoder (encoder.layer); "
+                f"{type(encoder).__name__} is not one. Set finetune.layers: all."
+            )
+        self.encoder, self.pooling, self.start = encoder, pooling, start
+        self.head = torch.nn.Linear(encoder.config.hidden_size, num_labels)
+        encoder.requires_grad_(start is None)
+        if start is not None:
+            encoder.encoder.layer[start:].requires_grad_(True)
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler.requires_grad_(False)  # BERT's pooler feeds neither pooling; DDP wants no idle weights
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.start is not None:  # frozen layers: no dropout, as when embed cached their output
+            self.encoder.embeddings.eval()
+            self.encoder.encoder.layer[: self.start].eval()
+        return self
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = batch["attention_mask"]
+        if "states" in batch:
+            hidden = batch["states"]
+            # The mask BertModel.forward builds for its layers (transformers 5: padding keys masked out;
+            # None for sdpa when nothing is padded): the layers then compute what they compute inside BertModel.
+            config = self.encoder.config
+            layer_mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
+            for layer in self.encoder.encoder.layer[self.start :]:
+                hidden = layer(hidden, layer_mask)
+        else:
+            hidden = self.encoder(**{key: batch[key] for key in TOKEN_KEYS}).last_hidden_state
+        return self.head(pool(hidden, mask, self.pooling))
+
+
+def make_optimizer(model: torch.nn.Module, params: Finetune) -> torch.optim.AdamW:
+    """AdamW over the trainable weights; biases and LayerNorm weights (the 1-D ones) get no weight decay."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": params.weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=params.lr)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; fp32 elsewhere (CPU bf16 autocast is slower than fp32 on most CPUs)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+
+def all_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum over the processes (every process gets the same result)."""
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    return total.tolist()
+
+
+@torch.no_grad()
+def log_probabilities(model: FineTuned, split, index: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """Log class probabilities of the reviews `index` (in that order), batched longest first."""
+    model.eval()
+    out = torch.empty(len(index), model.head.out_features)
+    order = torch.argsort(split.lengths[index], descending=True, stable=True)
+    for rows in order.split(batch_size):
+        with autocast(device):
+            logits = model(to_device(split.batch(index[rows]), device))
+        out[rows] = F.log_softmax(logits.float(), dim=1).cpu()
+    return out
+
+
+def validate(model: FineTuned, split, batch_size: int, device, rank: int, world: int) -> tuple[float, float]:
+    """Loss and accuracy over the whole split; each process scores every world-th review."""
+    mine = torch.arange(len(split))[rank::world]
+    log_p, y = log_probabilities(model, split, mine, batch_size, device), split.labels[mine]
+    sums = [F.nll_loss(log_p, y, reduction="sum").item(), (log_p.argmax(1) == y).sum().item(), len(mine)]
+    loss, correct, n = all_sum(sums, device)
+    return loss / n, correct / n
+
+
+def fit(model: FineTuned, train, validation, params: Finetune, device, rank: int = 0, world: int = 1):
+    """Train; return the best epoch's weights (validation accuracy, then lower loss), its row, and every epoch's row."""
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(model, params)
+    steps = params.epochs * math.ceil(math.ceil(len(train) / params.batch_size) / params.grad_accum)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(params.warmup_ratio * steps), steps)
+    shuffle = torch.Generator().manual_seed(params.seed)  # the same batches in every process
+    history, best, best_state = [], None, None
+
+    for epoch in range(1, params.epochs + 1):
+        model.train()
+        batches = [b for b in length_grouped_batches(train.lengths, params.batch_size, shuffle) if len(b) >= world]
+        loss_sum = correct = seen = 0.0
+        for i, batch in enumerate(tqdm(batches, desc=f"finetune epoch {epoch}", unit="batch", disable=rank != 0)):
+            mine = batch[rank::world]  # this process's share of the batch
+            y = train.labels[mine].to(device)
+            step_now = (i + 1) % params.grad_accum == 0 or i + 1 == len(batches)
+            with nullcontext() if step_now or world == 1 else ddp.no_sync():  # sync gradients once per step
+                with autocast(device):
+                    logits = ddp(to_device(train.batch(mine), device))
+                loss = F.cross_entropy(logits.float(), y, reduction="sum")
+                # DDP averages over processes: this makes the gradient the mean over the whole batch (and steps)
+                (loss * world / (len(batch) * params.grad_accum)).backward()
+            loss_sum += loss.item()
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            if step_now:
+                torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        train_loss, train_correct, train_seen = all_sum([loss_sum, correct, seen], device)
+        validation_loss, validation_accuracy = validate(model, validation, params.batch_size, device, rank, world)
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss / train_seen,  # while training: dropout on, weights moving
+                "train_accuracy": train_correct / train_seen,
+                "validation_loss": validation_loss,
+                "validation_accuracy": validation_accuracy,
+            }
+        )
+        if rank == 0:
+            print(f"finetune: epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in list(history[-1].items())[1:]))
+        if best is None or (validation_accuracy, -validation_loss) > (
+            best["validation_accuracy"],
+            -best["validation_loss"],
+        ):
+            best = history[-1]
+            best_state = {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
+        elif epoch - best["epoch"] >= params.patience:
+            break
+    return best_state, best, history
