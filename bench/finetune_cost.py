@@ -21,8 +21,9 @@ import torch
 from transformers import BertConfig, BertModel
 
 from zh_sentiment.encoder import embed, use_all_cores
-from zh_sentiment.finetune import STATES_DTYPE, CachedStates, FineTuned, Tokens, first_trained_layer, fit, save_states
+from zh_sentiment.finetune import FineTuned, Tokens, fit
 from zh_sentiment.params import Finetune
+from zh_sentiment.states import STATES_DTYPE, CachedStates, first_trained_layer, save_states
 
 MAX_LENGTH = 512
 MEDIAN_CHARS, SIGMA = 78, 0.75  # ChnSentiCorp: p50 76, p90 190, p99 540 characters

@@ -17,7 +17,6 @@ from safetensors.torch import load_file, save_file
 
 from zh_sentiment.encoder import choose_device, choose_precision, embed, load_encoder, use_all_cores
 from zh_sentiment.errors import run
-from zh_sentiment.finetune import STATES_DTYPE, first_trained_layer, save_states
 from zh_sentiment.outputs import atomic_dir, write_json
 from zh_sentiment.params import load_params
 from zh_sentiment.paths import (
@@ -29,6 +28,7 @@ from zh_sentiment.paths import (
     TOKENIZATION_FILE,
     TOKENS_DIR,
 )
+from zh_sentiment.states import STATES_DTYPE, first_trained_layer, save_states
 
 
 def main() -> None:

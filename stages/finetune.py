@@ -20,7 +20,7 @@ import torch.distributed as dist
 from zh_sentiment.classifier import save_classifier
 from zh_sentiment.encoder import choose_device, load_encoder, load_tokenizer, use_all_cores
 from zh_sentiment.errors import PipelineError, run
-from zh_sentiment.finetune import CachedStates, FineTuned, Tokens, first_trained_layer, fit, log_probabilities
+from zh_sentiment.finetune import FineTuned, Tokens, fit, log_probabilities
 from zh_sentiment.outputs import write_csv, write_json
 from zh_sentiment.params import load_params
 from zh_sentiment.paths import (
@@ -35,6 +35,7 @@ from zh_sentiment.paths import (
     model_reports,
 )
 from zh_sentiment.report import write_test_report
+from zh_sentiment.states import CachedStates, first_trained_layer
 
 
 def start_processes(requested: str) -> tuple[int, int, torch.device]:

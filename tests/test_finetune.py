@@ -13,8 +13,9 @@ from tests.conftest import ROOT
 from tests.fixtures import reviews
 from zh_sentiment.encoder import embed, encode_texts, load_encoder, load_tokenizer
 from zh_sentiment.errors import PipelineError
-from zh_sentiment.finetune import CachedStates, FineTuned, Tokens, first_trained_layer, fit, save_states
+from zh_sentiment.finetune import FineTuned, Tokens, fit
 from zh_sentiment.params import Finetune, load_params
+from zh_sentiment.states import CachedStates, first_trained_layer, save_states
 
 PARAMS = {
     "layers": 1,

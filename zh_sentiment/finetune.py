@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.masking_utils import create_bidirectional_mask
@@ -25,54 +25,11 @@ from zh_sentiment.encoder import pool
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.params import Finetune
 
-STATES_DTYPE = torch.float16  # layer outputs leave a LayerNorm (|x| of a few units): fp16 keeps ~3 digits, bf16 ~2
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 GROUP = 50  # length grouping: reviews are sorted by length within runs of GROUP batches
 
 
-def first_trained_layer(layers: int | str, num_hidden_layers: int) -> int | None:
-    """Index of the lowest layer that trains (the states entering it are cached), or None for `all`."""
-    if layers == "all":
-        return None
-    if layers > num_hidden_layers:
-        raise PipelineError(
-            f"finetune.layers = {layers}, but the model has {num_hidden_layers} layers (num_hidden_layers in its "
-            f"config). Set finetune.layers to 1..{num_hidden_layers}, or to all."
-        )
-    return num_hidden_layers - layers
-
-
 # --- data: one split, handed out in batches padded to their own longest review ---------------------------------
-
-
-def save_states(path, states: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:
-    """Ragged: the real tokens' rows of every review, one review after the other, and each review's length."""
-    save_file({"states": states, "lengths": lengths, "labels": labels}, path)
-
-
-class CachedStates:
-    """The hidden states entering the first trained layer (what embed wrote), per review."""
-
-    def __init__(self, path):
-        tensors = load_file(path)
-        self.states, self.labels = tensors["states"], tensors["labels"]
-        self.lengths = tensors["lengths"].long()
-        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.lengths.cumsum(0)])
-        if self.offsets[-1] != len(self.states):
-            raise PipelineError(f"{path}: the lengths do not add up to the rows stored; run `dvc repro -f embed`.")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        width = int(self.lengths[index].max())
-        states = torch.zeros(len(index), width, self.states.shape[1])
-        mask = torch.zeros(len(index), width, dtype=torch.long)
-        for row, review in enumerate(index.tolist()):
-            start, end = self.offsets[review], self.offsets[review + 1]
-            states[row, : end - start] = self.states[start:end]
-            mask[row, : end - start] = 1
-        return {"states": states, "attention_mask": mask}
 
 
 class Tokens:
@@ -87,7 +44,7 @@ class Tokens:
 
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         width = int(self.lengths[index].max())
-        return {key: self.tokens[key][index, :width].long() for key in TOKEN_KEYS}
+        return {key: self.tokens[key][index, :width].long() for key in TOKEN_KEYS if key in self.tokens}
 
 
 def length_grouped_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -143,7 +100,7 @@ class FineTuned(torch.nn.Module):
             for layer in self.encoder.encoder.layer[self.start :]:
                 hidden = layer(hidden, layer_mask)
         else:
-            hidden = self.encoder(**{key: batch[key] for key in TOKEN_KEYS}).last_hidden_state
+            hidden = self.encoder(**{key: batch[key] for key in TOKEN_KEYS if key in batch}).last_hidden_state
         return self.head(pool(hidden, mask, self.pooling))
 
 

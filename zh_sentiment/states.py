@@ -1,0 +1,55 @@
+"""The hidden states cached for fine-tuning: what embed writes to data/states/ and finetune reads.
+
+With finetune.layers: N the lower L-N layers stay frozen, so the states entering layer L-N never
+change: embed computes them once. They are stored ragged (the real tokens' rows of every review,
+one review after the other, and each review's length) in 16-bit.
+"""
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from zh_sentiment.errors import PipelineError
+
+STATES_DTYPE = torch.float16  # layer outputs leave a LayerNorm (|x| of a few units): fp16 keeps ~3 digits, bf16 ~2
+
+
+def first_trained_layer(layers: int | str, num_hidden_layers: int) -> int | None:
+    """Index of the lowest layer that trains (the states entering it are cached), or None for `all`."""
+    if layers == "all":
+        return None
+    if layers > num_hidden_layers:
+        raise PipelineError(
+            f"finetune.layers = {layers}, but the model has {num_hidden_layers} layers (num_hidden_layers in its "
+            f"config). Set finetune.layers to 1..{num_hidden_layers}, or to all."
+        )
+    return num_hidden_layers - layers
+
+
+def save_states(path, states: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:
+    """Ragged: the real tokens' rows of every review, one review after the other, and each review's length."""
+    save_file({"states": states, "lengths": lengths, "labels": labels}, path)
+
+
+class CachedStates:
+    """The hidden states entering the first trained layer (what embed wrote), per review."""
+
+    def __init__(self, path):
+        tensors = load_file(path)
+        self.states, self.labels = tensors["states"], tensors["labels"]
+        self.lengths = tensors["lengths"].long()
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.lengths.cumsum(0)])
+        if self.offsets[-1] != len(self.states):
+            raise PipelineError(f"{path}: the lengths do not add up to the rows stored; run `dvc repro -f embed`.")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        width = int(self.lengths[index].max())
+        states = torch.zeros(len(index), width, self.states.shape[1])
+        mask = torch.zeros(len(index), width, dtype=torch.long)
+        for row, review in enumerate(index.tolist()):
+            start, end = self.offsets[review], self.offsets[review + 1]
+            states[row, : end - start] = self.states[start:end]
+            mask[row, : end - start] = 1
+        return {"states": states, "attention_mask": mask}
