@@ -146,3 +146,15 @@ def test_an_unreachable_hub_dataset_points_to_the_offline_section_and_model_name
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert 'README.md, section "Offline"' in result.stderr
     assert "model.name" in result.stderr
+
+
+def test_metrics_diff_has_a_baseline_once_the_first_run_is_committed(trained_project, tmp_path):
+    project = trained_project.copy(tmp_path / "first-run")
+    project.run("git", "reset", "-q", "--mixed", "HEAD~1")  # as after the first `dvc repro`, nothing committed
+    rows = [line.split() for line in project.dvc("metrics", "diff").stdout.splitlines()[1:]]
+    assert rows and all(row[2] == "-" for row in rows)  # HEAD has no metrics yet
+    # what README says to do after the first run
+    project.run("git", "add", "dvc.lock", "metrics", "params.yaml")
+    project.run("git", "commit", "-q", "-m", "First run")
+    assert project.dvc("metrics", "diff").stdout == ""
+    assert project.run("git", "status", "--porcelain").stdout == ""
