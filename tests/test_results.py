@@ -6,9 +6,11 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from tests.conftest import new_project
+from zh_sentiment.report import write_test_report
 
 
 def test_plots_show_draws_every_plot_on_one_page(trained_project, tmp_path):
@@ -158,3 +160,16 @@ def test_metrics_diff_has_a_baseline_once_the_first_run_is_committed(trained_pro
     project.run("git", "commit", "-q", "-m", "First run")
     assert project.dvc("metrics", "diff").stdout == ""
     assert project.run("git", "status", "--porcelain").stdout == ""
+
+
+def test_report_images_are_whole_pngs_with_the_same_bytes_each_time(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the images go to metrics/<model>/ under the working folder
+    y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    probabilities = np.full((9, 3), 0.1)
+    probabilities[np.arange(9), [0, 0, 1, 1, 1, 2, 2, 2, 0]] = 0.8
+    folder, images = tmp_path / "metrics/some_model", []
+    for _ in range(2):
+        write_test_report("some_model", y, probabilities, ["负面", "中性", "正面"], ["text"] * 9, 0.5)
+        images.append({name: (folder / name).read_bytes() for name in ["confusion.png", "roc.png"]})
+    assert images[0] == images[1]
+    assert all(is_png(folder / name) for name in images[0])

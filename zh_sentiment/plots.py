@@ -9,6 +9,7 @@ The same data stays in CSV files for the vega plots that `dvc plots diff` overla
 Images are saved without a version stamp, so the same numbers give the same bytes.
 """
 
+from functools import cache
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,7 @@ matplotlib.use("Agg")  # a file, never a window
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib import font_manager, ft2font
 
 from zh_sentiment.outputs import atomic_file
 from zh_sentiment.paths import model_reports
@@ -26,6 +28,41 @@ CONFUSION = "confusion.png"
 ROC = "roc.png"
 
 TRAIN_COLOR, VALIDATION_COLOR = "#4c78a8", "#f58518"
+
+
+def draws(font_file: str, text: str) -> bool:
+    try:
+        charmap = ft2font.FT2Font(font_file).get_charmap()
+    except (OSError, RuntimeError):
+        return False
+    return all(ord(char) in charmap for char in text)
+
+
+def label_font(label_names: list[str]) -> tuple[list[str], list[str]]:
+    return font_for(tuple(label_names))
+
+
+@cache  # one search, and one warning, per set of names
+def font_for(label_names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The label names as the images show them, and the font families that draw them.
+
+    Label names may be Chinese (clean.label_names), which matplotlib's own font lacks: use an
+    installed font that has them (e.g. Debian's fonts-noto-cjk), else show the label ids rather
+    than empty boxes.
+    """
+    default = font_manager.findfont("DejaVu Sans")
+    text = "".join(label_names)
+    if draws(default, text):
+        return list(label_names), ["DejaVu Sans"]
+    for font in font_manager.fontManager.ttflist:
+        # Last Resort maps every character to a placeholder box: it "has" them all
+        if not font.name.startswith("Last Resort") and draws(font.fname, text):
+            return list(label_names), ["DejaVu Sans", font.name]
+    print(
+        f"plots: no installed font draws the label names {list(label_names)}; the images show their ids 0..k-1 "
+        "(install a font that has them, e.g. `apt-get install fonts-noto-cjk`, and re-run)"
+    )
+    return [str(i) for i in range(len(label_names))], ["DejaVu Sans"]
 
 
 def title_of(model: str) -> str:
@@ -78,8 +115,9 @@ def confusion_matrix(model: str, y_true: np.ndarray, y_pred: np.ndarray, label_n
             dark = counts[row, column] > counts.max() / 2
             color = "white" if dark else "black"
             ax.text(column, row, str(counts[row, column]), ha="center", va="center", fontsize=14, color=color)
-    ax.set_xticks(range(k), label_names)
-    ax.set_yticks(range(k), label_names)
+    names, family = label_font(label_names)
+    ax.set_xticks(range(k), names, fontfamily=family)
+    ax.set_yticks(range(k), names, fontfamily=family)
     accuracy = np.trace(counts) / counts.sum() if counts.sum() else 0.0
     ax.set(
         xlabel="predicted label",
@@ -97,7 +135,8 @@ def roc_curve(model: str, roc: pd.DataFrame, label_names: list[str]) -> Path:
     Two labels: the curve of label 1 (zh_sentiment.metrics.roc_points); more: the micro-average one-vs-rest curve.
     """
     area = float(np.trapezoid(roc["tpr"], roc["fpr"]))
-    which = f"positive class: {label_names[1]}" if len(label_names) == 2 else "micro-average, one-vs-rest"
+    names, family = label_font(label_names)
+    which = f"positive class: {names[1]}" if len(names) == 2 else "micro-average, one-vs-rest"
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot(roc["fpr"], roc["tpr"], color=TRAIN_COLOR, linewidth=2, label=f"AUC = {area:.4f}")
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="chance (AUC = 0.5)")
@@ -107,8 +146,8 @@ def roc_curve(model: str, roc: pd.DataFrame, label_names: list[str]) -> Path:
         aspect="equal",
         xlabel="false positive rate",
         ylabel="true positive rate",
-        title=f"{title_of(model)}: test ROC curve, AUC {area:.4f}\n({which})",
     )
+    ax.set_title(f"{title_of(model)}: test ROC curve, AUC {area:.4f}\n({which})", fontfamily=family)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     path = model_reports(model) / ROC
