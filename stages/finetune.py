@@ -3,7 +3,7 @@
 Reads data/states/ (the states entering the first trained layer, cached by embed) or, with
 layers: all, data/tokens/; and the encoder's starting weights from model.name. Writes
 models/finetuned/ (the whole encoder in safetensors, its tokenizer, head.pt, model.json:
-self-contained), metrics/finetuned/history.csv and training.json, and the test report
+self-contained), metrics/finetuned/history.csv, curves.png and training.json, and the test report
 (metrics/finetuned.json and metrics/finetuned/*.csv, see zh_sentiment/report.py).
 
 One process: `python -m stages.finetune`. Several (data-parallel, DDP; gloo on CPU, nccl on
@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from zh_sentiment import plots
 from zh_sentiment.classifier import save_classifier
 from zh_sentiment.encoder import choose_device, load_encoder, load_tokenizer, use_all_cores
 from zh_sentiment.errors import PipelineError, run
@@ -102,7 +103,9 @@ def main() -> None:
         }
         tokenizer = load_tokenizer(tokenization["model"])
         save_classifier(model.head.cpu(), info, model_dir(FINETUNED), encoder=model.encoder, tokenizer=tokenizer)
-        write_csv(model_reports(FINETUNED) / "history.csv", pd.DataFrame(history).round(6))
+        history = pd.DataFrame(history).round(6)
+        write_csv(model_reports(FINETUNED) / "history.csv", history)
+        plots.training_curves(FINETUNED, history, best_epoch=best["epoch"])
         write_json(
             model_reports(FINETUNED) / "training.json",
             {

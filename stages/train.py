@@ -1,7 +1,8 @@
 """train: fit a linear head on the cached features; keep the epoch with the best validation accuracy.
 
 Writes models/frozen_head/ (head.pt, model.json), metrics/frozen_head/training.json
-(the best epoch) and metrics/frozen_head/history.csv (loss and accuracy per epoch, a plot).
+(the best epoch), metrics/frozen_head/history.csv (loss and accuracy per epoch, a plot)
+and metrics/frozen_head/curves.png (the same as an image, which `dvc plots show` shows offline).
 """
 
 import copy
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import trange
 
+from zh_sentiment import plots
 from zh_sentiment.classifier import load_features, save_classifier
 from zh_sentiment.errors import run
 from zh_sentiment.outputs import write_csv, write_json
@@ -93,7 +95,9 @@ def main() -> None:
     head, best, history = fit(load_features("train"), load_features("validation"), len(label_names), params)
     info = {"kind": FROZEN_HEAD, **encoder, "num_labels": len(label_names), "label_names": label_names}
     save_classifier(head, info, model_dir(FROZEN_HEAD))
-    write_csv(model_reports(FROZEN_HEAD) / "history.csv", pd.DataFrame(history).round(6))
+    history = pd.DataFrame(history).round(6)
+    write_csv(model_reports(FROZEN_HEAD) / "history.csv", history)
+    plots.training_curves(FROZEN_HEAD, history, best_epoch=best["epoch"])
     write_json(
         model_reports(FROZEN_HEAD) / "training.json",
         {
