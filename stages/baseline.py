@@ -57,7 +57,7 @@ def choose_c(train: tuple, validation: tuple, params: Baseline) -> tuple[Logisti
     for c, model in zip(grid, tqdm(jobs, total=len(grid), desc="baseline: C on validation", unit="C")):
         accuracy = float((model.predict(validation[0]) == validation[1]).mean())
         rows.append({"C": c, "validation_accuracy": round(accuracy, 6)})
-        print(f"baseline: C = {c}: validation accuracy {accuracy:.4f}")
+        tqdm.write(f"baseline: C = {c}: validation accuracy {accuracy:.4f}")
         if best is None or accuracy > best["validation_accuracy"]:  # strict: a tie keeps the smaller C
             best, best_model = rows[-1], model
     table = pd.DataFrame(rows).assign(chosen=lambda frame: frame["C"] == best["C"])
