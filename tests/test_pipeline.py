@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import FIXTURE_PARAMS
 
-STAGES = ["fetch", "clean", "tokenize", "embed", "train", "evaluate", "finetune"]
+STAGES = ["fetch", "clean", "tokenize", "embed", "train", "evaluate", "baseline", "finetune"]
 SPLITS = ["train", "validation", "test"]
 
 
@@ -31,6 +32,8 @@ def test_repro_runs_every_stage_and_writes_every_output(trained_project):
         "metrics/frozen_head/predictions.csv",
         "metrics/frozen_head/roc.csv",
         "metrics/frozen_head/misclassified.csv",
+        "metrics/baseline.json",
+        *(f"metrics/baseline/{name}.csv" for name in ("validation", "predictions", "roc", "misclassified")),
         *(f"data/states/{split}.safetensors" for split in SPLITS),
         "data/states/states.json",
         *(f"models/finetuned/{name}" for name in ("model.safetensors", "config.json", "head.pt", "model.json")),
@@ -116,6 +119,19 @@ def test_toy_task_reaches_high_test_accuracy(trained_project):
     assert len(wrong) == (predictions["actual"] != predictions["predicted"]).sum()
 
 
+def test_baseline_reports_like_the_frozen_head_and_learns_the_toy_task(trained_project):
+    baseline = trained_project.json("metrics/baseline.json")
+    assert set(baseline) == set(trained_project.json("metrics/frozen_head.json"))
+    assert baseline["n"] == 60
+    assert baseline["accuracy"] >= 0.9
+
+    table = pd.read_csv(trained_project.path / "metrics/baseline/validation.csv")
+    params = yaml.safe_load((trained_project.path / "params.yaml").read_text(encoding="utf-8"))
+    assert table["C"].tolist() == sorted(params["baseline"]["c_grid"])
+    chosen = table.loc[table["chosen"], "validation_accuracy"].tolist()
+    assert chosen == [table["validation_accuracy"].max()] == [baseline["validation_accuracy"]]
+
+
 def test_second_repro_does_nothing(trained_project, tmp_path):
     project = trained_project.copy(tmp_path / "again")
     assert project.repro() == []
@@ -127,6 +143,13 @@ def test_changing_train_params_reruns_only_train_and_evaluate(trained_project, t
     project.set_params({"train.batch_size": 16})
     assert "train.batch_size" in project.dvc("params", "diff").stdout
     assert project.repro() == ["train", "evaluate"]
+
+
+def test_changing_baseline_params_reruns_only_baseline(trained_project, tmp_path):
+    project = trained_project.copy(tmp_path / "baseline")
+    project.set_params({"baseline.ngram_range": [1, 2]})
+    assert "baseline.ngram_range" in project.dvc("params", "diff").stdout
+    assert project.repro() == ["baseline"]
 
 
 def test_changing_max_length_reruns_tokenize_and_after_but_not_fetch_or_clean(trained_project, tmp_path):

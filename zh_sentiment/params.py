@@ -97,6 +97,20 @@ class Train(Section):
     seed: int
 
 
+class Baseline(Section):
+    ngram_range: list[int]  # [lo, hi]: character n-grams of lo..hi characters
+    min_df: PositiveInt  # keep n-grams found in at least this many training reviews
+    c_grid: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]
+    max_iter: PositiveInt
+
+    @field_validator("ngram_range")
+    @classmethod
+    def low_to_high(cls, value: list[int]) -> list[int]:
+        if len(value) != 2 or not 1 <= value[0] <= value[1]:
+            raise ValueError("expected [lo, hi] with 1 <= lo <= hi, e.g. [1, 3]")
+        return value
+
+
 class Finetune(Section):
     layers: int | str  # the top N encoder layers train on cached states; all: the whole model
     epochs: PositiveInt
@@ -127,6 +141,7 @@ class Params(Section):
     tokenize: Tokenize
     embed: Embed
     train: Train
+    baseline: Baseline
     finetune: Finetune
 
 
