@@ -1,51 +1,89 @@
-"""Classifying new reviews with the trained model, from the command line and from files."""
+"""Classifying new reviews with the trained model, from the command line and from files.
 
+zh_sentiment.cli.main runs in this process (what `zh-sentiment predict` runs, less the start-up
+of Python); one test runs the real command in a subprocess."""
+
+import io
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 import pandas as pd
+import pytest
+
+from zh_sentiment import cli
+from zh_sentiment.sandbox import ROOT, python_first_env
 
 POSITIVE_REVIEW = "前台很热情，房间干净舒服，很满意推荐"
 NEGATIVE_REVIEW = "房间很脏太差，前台冷漠，失望退货"
 
 
-def predict(project, *args, cwd=None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "zh_sentiment", "predict", *args],
-        cwd=cwd or project.path,
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def predict(monkeypatch, capsys):
+    """predict(cwd, *args, stdin=None): `zh-sentiment predict *args` run in `cwd`, in this process."""
+
+    def run(cwd, *args: str, stdin: str | None = None) -> Result:
+        monkeypatch.chdir(cwd)
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        try:
+            cli.main(["predict", *args])
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+
+    return run
+
+
+def test_the_command_runs_as_a_program(trained_project):
+    """The one subprocess: `python -m zh_sentiment predict` from the interpreter's PATH, this checkout's code."""
+    result = subprocess.run(
+        ["python", "-m", "zh_sentiment", "predict", POSITIVE_REVIEW],
+        cwd=trained_project.path,
         capture_output=True,
         text=True,
-        **kwargs,
+        env=python_first_env() | {"PYTHONPATH": str(ROOT)},
     )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("positive\t") and result.stdout.rstrip().endswith(POSITIVE_REVIEW)
 
 
-def test_reviews_on_the_command_line_get_label_and_probability(trained_project):
-    result = predict(trained_project, POSITIVE_REVIEW, NEGATIVE_REVIEW)
+def test_the_zh_sentiment_command_is_declared():
+    (script,) = entry_points(group="console_scripts", name="zh-sentiment")
+    assert script.value == "zh_sentiment.cli:main"
+
+
+def test_reviews_on_the_command_line_get_label_and_probability(trained_project, predict):
+    result = predict(trained_project.path, POSITIVE_REVIEW, NEGATIVE_REVIEW)
     assert result.returncode == 0, result.stderr
     lines = [line.split("\t") for line in result.stdout.splitlines()]
     assert [(label, text) for label, _, text in lines] == [("positive", POSITIVE_REVIEW), ("negative", NEGATIVE_REVIEW)]
     assert all(0.5 < float(probability) <= 1 for _, probability, _ in lines)
 
 
-def test_reviews_from_stdin_one_per_line(trained_project):
-    result = predict(trained_project, "-", input=f"{NEGATIVE_REVIEW}\n\n{POSITIVE_REVIEW}\n")
+def test_reviews_from_stdin_one_per_line(trained_project, predict):
+    result = predict(trained_project.path, "-", stdin=f"{NEGATIVE_REVIEW}\n\n{POSITIVE_REVIEW}\n")
     assert result.returncode == 0, result.stderr
     assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["negative", "positive"]
 
 
-def test_a_gbk_tsv_file_gets_a_prediction_per_row(trained_project, tmp_path):
+def test_a_gbk_tsv_file_gets_a_prediction_per_row(trained_project, tmp_path, predict):
     reviews = pd.DataFrame({"id": [7, 8], "review": [NEGATIVE_REVIEW, POSITIVE_REVIEW]})
     reviews.to_csv(tmp_path / "in.tsv", sep="\t", index=False, encoding="gbk")
-    result = predict(
-        trained_project,
-        "--input",
-        str(tmp_path / "in.tsv"),
-        "--text-column",
-        "review",
-        "--output",
-        str(tmp_path / "out.csv"),
-    )
+    args = ["--input", str(tmp_path / "in.tsv"), "--text-column", "review", "--output", str(tmp_path / "out.csv")]
+    result = predict(trained_project.path, *args)
     assert result.returncode == 0, result.stderr
     out = pd.read_csv(tmp_path / "out.csv")
     assert out["id"].tolist() == [7, 8]
@@ -54,38 +92,32 @@ def test_a_gbk_tsv_file_gets_a_prediction_per_row(trained_project, tmp_path):
     assert ((out["probability_negative"] + out["probability_positive"]).round(3) == 1).all()
 
 
-def test_a_copied_model_folder_works_from_anywhere(trained_project, tmp_path):
+def test_a_copied_model_folder_works_from_anywhere(trained_project, tmp_path, predict):
     """models/ carries what predict needs; params.yaml is not read."""
     shutil.copytree(trained_project.path / "models/frozen_head", tmp_path / "my-model")
-    result = predict(
-        trained_project,
-        "--model-dir",
-        str(tmp_path / "my-model"),
-        POSITIVE_REVIEW,
-        cwd=tmp_path,
-        env={**__import__("os").environ, "PYTHONPATH": str(trained_project.path)},
-    )
+    result = predict(tmp_path, "--model-dir", str(tmp_path / "my-model"), POSITIVE_REVIEW)
+    assert not (tmp_path / "params.yaml").exists()
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("positive\t")
 
 
-def test_no_trained_model_is_a_clear_error(project):
-    result = predict(project, POSITIVE_REVIEW)
+def test_no_trained_model_is_a_clear_error(tmp_path, predict):
+    result = predict(tmp_path, POSITIVE_REVIEW)
     assert result.returncode == 1
     assert "no trained model in models/frozen_head/" in result.stderr and "dvc repro" in result.stderr
 
 
-def test_a_row_without_text_is_named(trained_project, tmp_path):
+def test_a_row_without_text_is_named(trained_project, tmp_path, predict):
     pd.DataFrame({"text": [POSITIVE_REVIEW, " ", NEGATIVE_REVIEW, None]}).to_csv(tmp_path / "in.csv", index=False)
-    result = predict(trained_project, "--input", str(tmp_path / "in.csv"))
+    result = predict(trained_project.path, "--input", str(tmp_path / "in.csv"))
     assert result.returncode == 1
     assert "2 review(s) without text" in result.stderr and ": 2, 4." in result.stderr
 
 
-def test_a_missing_encoder_is_a_clear_error(trained_project, tmp_path):
+def test_a_missing_encoder_is_a_clear_error(trained_project, tmp_path, predict):
     shutil.copytree(trained_project.path / "models/frozen_head", tmp_path / "models")
     info = tmp_path / "models" / "model.json"
     info.write_text(info.read_text(encoding="utf-8").replace('"model": "', '"model": "/nonexistent'), encoding="utf-8")
-    result = predict(trained_project, "--model-dir", str(tmp_path / "models"), POSITIVE_REVIEW)
+    result = predict(trained_project.path, "--model-dir", str(tmp_path / "models"), POSITIVE_REVIEW)
     assert result.returncode == 1
     assert "model folder /nonexistent" in result.stderr and "does not exist" in result.stderr
