@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from zh_sentiment import cli
+from zh_sentiment.predict import parse_args
 from zh_sentiment.sandbox import ROOT, python_first_env
 
 POSITIVE_REVIEW = "前台很热情，房间干净舒服，很满意推荐"
@@ -121,3 +122,23 @@ def test_a_missing_encoder_is_a_clear_error(trained_project, tmp_path, predict):
     result = predict(trained_project.path, "--model-dir", str(tmp_path / "models"), POSITIVE_REVIEW)
     assert result.returncode == 1
     assert "model folder /nonexistent" in result.stderr and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size: '0': Input should be greater than 0"),
+        (["--batch-size", "x"], "--batch-size: 'x': expected a whole number"),
+        (["--device", "gpu"], "--device: 'gpu': String should match pattern"),
+        (["--precision", "int4"], "--precision: 'int4': Input should be 'auto', 'fp32', 'bf16', 'fp16' or 'int8'"),
+    ],
+)
+def test_options_are_checked_as_the_embed_params_are(tmp_path, predict, args, message):
+    result = predict(tmp_path, *args, POSITIVE_REVIEW)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_valid_options_pass_the_schema():
+    args = parse_args(["--batch-size", "3", "--device", "cuda:1", "--precision", "bf16", POSITIVE_REVIEW])
+    assert (args.batch_size, args.device, args.precision) == (3, "cuda:1", "bf16")

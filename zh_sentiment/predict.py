@@ -10,7 +10,6 @@ Texts get the same normalisation as in the clean stage.
 """
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from zh_sentiment.encoder import (
 )
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.outputs import write_csv
-from zh_sentiment.params import DEVICE_PATTERN
+from zh_sentiment.params import Embed, check_value
 from zh_sentiment.paths import FROZEN_HEAD, model_dir
 from zh_sentiment.tables import read_table, require_columns
 from zh_sentiment.text import normalize_text
@@ -53,24 +52,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=model_dir(FROZEN_HEAD),
         help="trained model folder (default: models/frozen_head)",
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="reviews per encoder batch (default: 32)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    # checked as embed.batch_size, embed.device and embed.precision are in params.yaml
+    parser.add_argument(
+        "--batch-size", type=as_embed("batch_size", int), default=32, help="reviews per encoder batch (default: 32)"
+    )
+    parser.add_argument(
+        "--device", type=as_embed("device"), default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
+    )
     parser.add_argument(
         "--precision",
+        type=as_embed("precision"),
         default="auto",
-        choices=["auto", "fp32", "bf16", "fp16", "int8"],
-        help="encoder precision, as embed.precision (default: auto)",
+        help="encoder precision: auto, fp32, bf16, fp16 or int8, as embed.precision (default: auto)",
     )
     args = parser.parse_args(argv)
     if bool(args.texts) == bool(args.input):
         parser.error("give reviews as arguments (or '-' for stdin), or --input FILE, not both")
     if args.output and not args.input:
         parser.error("--output goes with --input")
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
-    if not re.match(DEVICE_PATTERN, args.device):
-        parser.error(f"--device {args.device}: expected auto, cpu, cuda, cuda:N or mps")
     return args
+
+
+def as_embed(key: str, convert=str):
+    """An argparse type: the option's text converted, then checked by the params schema's embed.<key>."""
+
+    def check(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+        try:
+            return check_value(Embed, key, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+
+    return check
 
 
 def read_reviews(args: argparse.Namespace) -> tuple[list[str], pd.DataFrame | None]:
