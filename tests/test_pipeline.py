@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from stages import evaluate, train
 from tests.conftest import FIXTURE_PARAMS
+from zh_sentiment.sandbox import ran_stages
 
 STAGES = ["fetch", "clean", "tokenize", "embed", "train", "evaluate"]
 SPLITS = ["train", "validation", "test"]
@@ -121,12 +122,17 @@ def test_changing_train_params_reruns_only_train_and_evaluate(trained_project, t
     assert project.repro() == ["train", "evaluate"]
 
 
-def test_changing_max_length_reruns_tokenize_and_after_but_not_fetch_or_clean(trained_project, tmp_path):
+def test_changing_max_length_reruns_tokenize_and_makes_embed_stale_but_not_fetch_or_clean(trained_project, tmp_path):
+    """Up to tokenize only: that embed, then train and evaluate, re-run after a changed
+    data/features is what the kill test in test_faults.py sees."""
     project = trained_project.copy(tmp_path / "max_length")
     project.set_params({"tokenize.max_length": 32})
     assert "tokenize.max_length" in project.dvc("params", "diff").stdout
-    assert project.repro() == ["tokenize", "embed", "train", "evaluate"]
+    assert ran_stages(project.dvc("repro", "tokenize").stdout) == ["tokenize"]
     assert project.json("metrics/data/tokenize.json")["max_length"] == 32
+    status = project.dvc("status").stdout
+    assert "embed:" in status and "data/tokens" in status.split("embed:")[1]
+    assert "fetch:" not in status and "clean:" not in status
 
 
 def test_same_params_and_seed_give_identical_head_and_metrics(trained_project, tmp_path, monkeypatch):
