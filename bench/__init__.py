@@ -1,1 +1,1 @@
-"""Benchmarks of the pipeline on this machine, run as `python -m bench.<name>`; not tests."""
+"""The benchmark: `python -m bench` runs one module per measurement (see bench/__main__.py); not tests."""

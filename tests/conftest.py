@@ -13,11 +13,9 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
-import yaml  # noqa: E402
 
 from tests.fixtures import add_dirty_rows, write_splits, write_tiny_bert  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from zh_sentiment.sandbox import ROOT, copy_project, edit_params, python_first_env, ran_stages  # noqa: E402, F401
 
 # Small enough to run in seconds, strong enough that the toy task is learnt.
 FIXTURE_PARAMS = {
@@ -41,8 +39,11 @@ class Project:
         self.path = path
         self.ran: list[str] = []  # the stages the last repro() ran
 
-    def run(self, *command: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-        result = subprocess.run(command, cwd=self.path, capture_output=True, text=True, **kwargs)
+    def run(self, *command: str, check: bool = True, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+        """Run `command` in the project, with the interpreter running the tests first on PATH."""
+        result = subprocess.run(
+            command, cwd=self.path, capture_output=True, text=True, env=python_first_env(env), **kwargs
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
         return result
@@ -55,19 +56,12 @@ class Project:
 
     def repro(self) -> list[str]:
         """Run `dvc repro`; return the stages that ran, in order."""
-        output = self.dvc("repro").stdout
-        self.ran = [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+        self.ran = ran_stages(self.dvc("repro").stdout)
         return self.ran
 
     def set_params(self, changes: dict) -> None:
         """Change params.yaml; `changes` maps dotted keys (train.lr) to values."""
-        params = yaml.safe_load((self.path / "params.yaml").read_text(encoding="utf-8"))
-        for key, value in changes.items():
-            section, name = key.split(".")
-            params[section][name] = value
-        (self.path / "params.yaml").write_text(
-            yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8"
-        )
+        edit_params(self.path / "params.yaml", changes)
 
     def commit(self, message: str) -> None:
         self.run("git", "add", "-A")
@@ -81,27 +75,11 @@ class Project:
         return Project(dest)
 
 
-def new_project(dest: Path, params: dict) -> Project:
-    """This project's files (as git sees them, committed or not) in `dest`, committed to a fresh repo."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for relative in filter(None, listed):
-        source = ROOT / relative
-        if source.is_file() and not relative.startswith("tests/"):
-            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / relative)
-    project = Project(dest)
-    project.run("git", "init", "-q")
-    project.run("git", "config", "user.email", "tests@example.com")
-    project.run("git", "config", "user.name", "tests")
-    project.set_params(params)
-    project.commit("project under test")
-    return project
+def new_project(dest: Path, params: dict, root: Path = ROOT) -> Project:
+    """This project's tracked files and committed params.yaml, with `params` changes, in a fresh
+    git repo at `dest` (see zh_sentiment/sandbox.py): the user's untracked files and edits to
+    params.yaml never reach the tests."""
+    return Project(copy_project(dest, params, root))
 
 
 @pytest.fixture(scope="session")

@@ -17,13 +17,13 @@ import huggingface_hub
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from stages import clean, fetch
 from tests.conftest import ROOT, new_project
 from tests.fixtures import write_tiny_bert
 from zh_sentiment import encoder, predict
 from zh_sentiment.errors import PipelineError
+from zh_sentiment.sandbox import committed_params, edit_params
 from zh_sentiment.tables import read_table
 
 SPLITS = ("train", "validation", "test")
@@ -44,12 +44,8 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 
 def write_params(folder: Path, changes: dict) -> None:
-    """The shipped params.yaml with `changes` (dotted keys such as data.dataset) in `folder`."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    for key, value in changes.items():
-        section, name = key.split(".")
-        params[section][name] = value
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    """The committed params.yaml with `changes` (dotted keys such as data.dataset) in `folder`."""
+    edit_params(folder / "params.yaml", changes, base=committed_params())
 
 
 def write_folder(folder: Path, reviews=REVIEWS, suffix=".csv", encoding="utf-8", header=("text", "label")) -> Path:

@@ -1,28 +1,38 @@
 """Classifying new reviews with the trained model, from the command line and from files.
 
-The command runs in-process (zh_sentiment.cli.main, as `zh-sentiment` runs it): importing torch
-and transformers again in a subprocess for each test would cost seconds each.
-"""
+zh_sentiment.cli.main runs in this process (what `zh-sentiment predict` runs, less the start-up
+of Python); one test runs the real command in a subprocess."""
 
 import io
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 import pandas as pd
 import pytest
 
 from zh_sentiment import cli
+from zh_sentiment.predict import parse_args
+from zh_sentiment.sandbox import ROOT, python_first_env
 
 POSITIVE_REVIEW = "前台很热情，房间干净舒服，很满意推荐"
 NEGATIVE_REVIEW = "房间很脏太差，前台冷漠，失望退货"
 
 
-@pytest.fixture
-def predict(capsys, monkeypatch):
-    """Run `zh-sentiment predict ARGS` in the given folder; return its exit code, stdout and stderr."""
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
 
-    def run(cwd, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
+
+@pytest.fixture
+def predict(monkeypatch, capsys):
+    """predict(cwd, *args, stdin=None): `zh-sentiment predict *args` run in `cwd`, in this process."""
+
+    def run(cwd, *args: str, stdin: str | None = None) -> Result:
         monkeypatch.chdir(cwd)
         if stdin is not None:
             monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode("utf-8"))))
@@ -30,12 +40,30 @@ def predict(capsys, monkeypatch):
         try:
             cli.main(["predict", *args])
             code = 0
-        except SystemExit as stopped:
-            code = stopped.code
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
+        except SystemExit as exit:
+            code = exit.code
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
 
     return run
+
+
+def test_the_command_runs_as_a_program(trained_project):
+    """The one subprocess: `python -m zh_sentiment predict` from the interpreter's PATH, this checkout's code."""
+    result = subprocess.run(
+        ["python", "-m", "zh_sentiment", "predict", POSITIVE_REVIEW],
+        cwd=trained_project.path,
+        capture_output=True,
+        text=True,
+        env=python_first_env() | {"PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("positive\t") and result.stdout.rstrip().endswith(POSITIVE_REVIEW)
+
+
+def test_the_zh_sentiment_command_is_declared():
+    (script,) = entry_points(group="console_scripts", name="zh-sentiment")
+    assert script.value == "zh_sentiment.cli:main"
 
 
 def test_reviews_on_the_command_line_get_label_and_probability(trained_project, predict):
@@ -55,15 +83,8 @@ def test_reviews_from_stdin_one_per_line(trained_project, predict):
 def test_a_gbk_tsv_file_gets_a_prediction_per_row(trained_project, tmp_path, predict):
     reviews = pd.DataFrame({"id": [7, 8], "review": [NEGATIVE_REVIEW, POSITIVE_REVIEW]})
     reviews.to_csv(tmp_path / "in.tsv", sep="\t", index=False, encoding="gbk")
-    result = predict(
-        trained_project.path,
-        "--input",
-        str(tmp_path / "in.tsv"),
-        "--text-column",
-        "review",
-        "--output",
-        str(tmp_path / "out.csv"),
-    )
+    args = ["--input", str(tmp_path / "in.tsv"), "--text-column", "review", "--output", str(tmp_path / "out.csv")]
+    result = predict(trained_project.path, *args)
     assert result.returncode == 0, result.stderr
     out = pd.read_csv(tmp_path / "out.csv")
     assert out["id"].tolist() == [7, 8]
@@ -76,6 +97,7 @@ def test_a_copied_model_folder_works_from_anywhere(trained_project, tmp_path, pr
     """models/ carries what predict needs; params.yaml is not read."""
     shutil.copytree(trained_project.path / "models/frozen_head", tmp_path / "my-model")
     result = predict(tmp_path, "--model-dir", "my-model", POSITIVE_REVIEW)
+    assert not (tmp_path / "params.yaml").exists()
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("positive\t")
 
@@ -100,3 +122,23 @@ def test_a_missing_encoder_is_a_clear_error(trained_project, tmp_path, predict):
     result = predict(trained_project.path, "--model-dir", str(tmp_path / "models"), POSITIVE_REVIEW)
     assert result.returncode == 1
     assert "model folder /nonexistent" in result.stderr and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size: '0': Input should be greater than 0"),
+        (["--batch-size", "x"], "--batch-size: 'x': expected a whole number"),
+        (["--device", "gpu"], "--device: 'gpu': String should match pattern"),
+        (["--precision", "int4"], "--precision: 'int4': Input should be 'auto', 'fp32', 'bf16', 'fp16' or 'int8'"),
+    ],
+)
+def test_options_are_checked_as_the_embed_params_are(tmp_path, predict, args, message):
+    result = predict(tmp_path, *args, POSITIVE_REVIEW)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_valid_options_pass_the_schema():
+    args = parse_args(["--batch-size", "3", "--device", "cuda:1", "--precision", "bf16", POSITIVE_REVIEW])
+    assert (args.batch_size, args.device, args.precision) == (3, "cuda:1", "bf16")

@@ -29,10 +29,14 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dic
 
 
 def roc_points(y_true: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
-    """The ROC curve of the positive class (id 1); for more classes, the micro-average one-vs-rest."""
+    """The ROC curve of the positive class (id 1); for more classes, the micro-average one-vs-rest.
+    No points when the split holds one class only: then there is no false (or no true) positive rate."""
     if probabilities.shape[1] == 2:
-        fpr, tpr, _ = roc_curve(y_true, probabilities[:, 1])
+        truth, scores = np.asarray(y_true) == 1, probabilities[:, 1]
     else:
-        onehot = label_binarize(y_true, classes=list(range(probabilities.shape[1])))
-        fpr, tpr, _ = roc_curve(onehot.ravel(), probabilities.ravel())
+        truth = label_binarize(y_true, classes=list(range(probabilities.shape[1]))).ravel()
+        scores = probabilities.ravel()
+    if len(np.unique(truth)) < 2:
+        return pd.DataFrame({"fpr": [], "tpr": []})
+    fpr, tpr, _ = roc_curve(truth, scores)
     return pd.DataFrame({"fpr": fpr, "tpr": tpr}).round(6)

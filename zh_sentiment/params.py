@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, ValidationError, field_validator
 
 from zh_sentiment.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
 
-PositiveInt = Annotated[int, Field(gt=0)]
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 
 
@@ -143,6 +142,17 @@ class Params(Section):
     train: Train
     baseline: Baseline
     finetune: Finetune
+
+
+def check_value(section: type[BaseModel], key: str, value):
+    """`value` checked as params.yaml's `section.key` is (for command-line options that mirror a param);
+    a ValueError says what is allowed."""
+    field = section.model_fields[key]
+    kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    try:
+        return TypeAdapter(kind).validate_python(value, strict=True)
+    except ValidationError as err:
+        raise ValueError(err.errors()[0]["msg"]) from None
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

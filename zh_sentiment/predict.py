@@ -13,7 +13,6 @@ Texts get the same normalisation as in the clean stage.
 import argparse
 import codecs
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +35,7 @@ from zh_sentiment.encoder import (
 )
 from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.outputs import write_csv
-from zh_sentiment.params import DEVICE_PATTERN
+from zh_sentiment.params import Embed, check_value
 from zh_sentiment.paths import FINETUNED, FROZEN_HEAD, INFO_FILE, model_dir
 from zh_sentiment.tables import detect_encoding, read_table, require_columns
 from zh_sentiment.text import normalize_text
@@ -65,12 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="trained model folder (default: models/finetuned when it exists, else models/frozen_head)",
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="reviews per encoder batch (default: 32)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    # checked as embed.batch_size, embed.device and embed.precision are in params.yaml
+    parser.add_argument(
+        "--batch-size", type=as_embed("batch_size", int), default=32, help="reviews per encoder batch (default: 32)"
+    )
+    parser.add_argument(
+        "--device", type=as_embed("device"), default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
+    )
     parser.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16", "fp16", "int8"],
-        help="encoder precision, as embed.precision (default: the one the model was trained with, in model.json)",
+        type=as_embed("precision"),
+        help="encoder precision: auto, fp32, bf16, fp16 or int8, as embed.precision "
+        "(default: the one the model was trained with, in model.json)",
     )
     args = parser.parse_args(argv)
     if not args.texts and not args.input:
@@ -84,10 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--encoding {args.encoding}: unknown encoding; use auto, utf-8, gb18030, big5, ...")
     if args.output and not args.input:
         parser.error("--output goes with --input")
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
-    if not re.match(DEVICE_PATTERN, args.device):
-        parser.error(f"--device {args.device}: expected auto, cpu, cuda, cuda:N or mps")
     if args.model_dir is None:
         finetuned = model_dir(FINETUNED)
         args.model_dir = finetuned if (finetuned / INFO_FILE).exists() else model_dir(FROZEN_HEAD)
@@ -139,6 +140,22 @@ def read_stdin(encoding: str) -> str:
         path = Path(folder) / "stdin.txt"
         path.write_bytes(data)
         return decode(data, path, encoding, "stdin")
+
+
+def as_embed(key: str, convert=str):
+    """An argparse type: the option's text converted, then checked by the params schema's embed.<key>."""
+
+    def check(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+        try:
+            return check_value(Embed, key, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+
+    return check
 
 
 def read_reviews(args: argparse.Namespace) -> tuple[list[str], pd.DataFrame | None]:

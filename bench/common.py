@@ -1,0 +1,210 @@
+"""What the measurements share: a random-weight encoder, generated reviews, a timer, a result row.
+
+The encoder has bert-base's shape (BertConfig() defaults) and random weights: speed does not
+depend on the weights, so nothing is downloaded. Its vocabulary is built here: one token per
+common CJK character, as bert-base-chinese tokenizes Chinese. `--smoke` shrinks both.
+"""
+
+import math
+import os
+import random
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertModel, BertTokenizer
+
+from zh_sentiment.encoder import embed, encode_texts, load_encoder, load_tokenizer
+from zh_sentiment.params import Params
+from zh_sentiment.sandbox import committed_params, python_first_env
+
+CPU = torch.device("cpu")
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+PUNCTUATION = "，。！？"
+# ChnSentiCorp review lengths in characters, percentile -> length: the mix the encoder really sees
+CHNSENTICORP_CHARS = {50: 76, 90: 190, 95: 250, 99: 540}
+MIN_CHARS, MAX_CHARS = 4, 2000
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big everything is: the real run, or a smoke run that takes seconds."""
+
+    config: dict  # BertConfig overrides: {} is bert-base
+    characters: int  # CJK characters in the vocabulary
+    reviews: int  # the length mix timed in this process
+    max_length: int
+    batch_size: int
+    ceiling_batches: int
+    classic_batches: int
+    project_reviews: int  # in the real `dvc repro` of the re-run measurement
+    memory_reviews: int  # N of the peak-memory measurement (it also runs 2N)
+    bf16_reviews: int
+    repeats: int
+
+
+# Under 10 minutes on 2 cores that other work keeps busy.
+REAL = Scale(
+    config={},
+    characters=20902,
+    reviews=64,
+    max_length=512,
+    batch_size=16,
+    ceiling_batches=1,
+    classic_batches=1,
+    project_reviews=60,
+    memory_reviews=8,
+    bf16_reviews=16,
+    repeats=2,
+)
+SMOKE = Scale(
+    config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+    characters=300,
+    reviews=40,
+    max_length=128,
+    batch_size=8,
+    ceiling_batches=1,
+    classic_batches=1,
+    project_reviews=40,
+    memory_reviews=20,
+    bf16_reviews=8,
+    repeats=1,
+)
+
+
+@dataclass
+class Row:
+    measurement: str
+    value: float
+    unit: str  # "x" for a ratio, "tok/s", "s", "MiB", "" for a plain number
+    note: str = ""
+
+    def shown(self) -> str:
+        if self.unit == "x":
+            return f"{self.value:.2f}×"
+        if self.unit == "%":
+            return f"{self.value:.1%}"
+        if self.unit == "":
+            return f"{self.value:.4f}"
+        return f"{self.value:,.{1 if self.value < 100 else 0}f} {self.unit}"
+
+
+def best_seconds(work: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """The fastest of `repeats` runs, and the last result: other processes only ever slow a run down."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = work()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def cjk_characters(scale: Scale) -> list[str]:
+    return [chr(code) for code in range(0x4E00, 0x4E00 + scale.characters)]
+
+
+def write_encoder(folder: Path, scale: Scale, seed: int = 0) -> Path:
+    """A random-weight BERT and its character tokenizer, saved as a model folder the pipeline loads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = SPECIAL_TOKENS + list(PUNCTUATION) + cjk_characters(scale)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=False).save_pretrained(folder)
+    torch.manual_seed(seed)
+    BertModel(BertConfig(vocab_size=len(vocab), **scale.config)).save_pretrained(folder)
+    return folder
+
+
+def review_lengths(n: int, rng: random.Random) -> list[int]:
+    """Log-normal around ChnSentiCorp's median, its spread fitted to the upper percentiles, clipped to its range."""
+    median = CHNSENTICORP_CHARS[50]
+    points = [
+        (statistics.NormalDist().inv_cdf(p / 100), math.log(n / median))
+        for p, n in CHNSENTICORP_CHARS.items()
+        if p != 50
+    ]
+    sigma = sum(z * y for z, y in points) / sum(z * z for z, _ in points)
+    return [min(MAX_CHARS, max(MIN_CHARS, round(rng.lognormvariate(math.log(median), sigma)))) for _ in range(n)]
+
+
+def review(rng: random.Random, characters: list[str], length: int) -> str:
+    return "".join(rng.choice(PUNCTUATION) if rng.random() < 0.08 else rng.choice(characters) for _ in range(length))
+
+
+@dataclass
+class Setup:
+    """One encoder folder, one set of reviews and their tokens, shared by every measurement of a run."""
+
+    scale: Scale
+    scratch: Path
+    seed: int = 0
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self):
+        self.rng = random.Random(self.seed)
+        self.model_dir = write_encoder(self.scratch / "encoder", self.scale, self.seed)
+        self.tokenizer = load_tokenizer(str(self.model_dir))
+        self.characters = cjk_characters(self.scale)
+        self.texts = self.reviews(self.scale.reviews)
+        start = time.perf_counter()
+        self.tokens = encode_texts(self.tokenizer, self.texts, self.scale.max_length)
+        self.tokenize_seconds = time.perf_counter() - start
+        self.params = Params.model_validate(committed_params())
+
+    def reviews(self, n: int) -> list[str]:
+        return [review(self.rng, self.characters, length) for length in review_lengths(n, self.rng)]
+
+    @property
+    def useful_tokens(self) -> int:
+        return int(self.tokens["lengths"].sum())
+
+    @cached_property
+    def encoder(self) -> torch.nn.Module:
+        return load_encoder(str(self.model_dir), CPU, "fp32")
+
+    @cached_property
+    def embedded(self) -> tuple[float, torch.Tensor]:
+        """Seconds of the pipeline's embed (zh_sentiment.encoder.embed) on the mix, and the features."""
+        embed(self.encoder, take(self.tokens, range(2)), "cls", 2, CPU)  # warm-up: first calls plan kernels
+        return best_seconds(
+            lambda: embed(self.encoder, self.tokens, "cls", self.scale.batch_size, CPU), self.scale.repeats
+        )
+
+    def project_params(self) -> dict:
+        """Changes to params.yaml for a project on this encoder."""
+        return {
+            "model.name": str(self.model_dir),
+            "tokenize.max_length": self.scale.max_length,
+            "embed.batch_size": self.scale.batch_size,
+            "embed.precision": "fp32",
+        }
+
+
+def take(tokens: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:
+    index = torch.as_tensor(list(index))
+    return {key: value[index] for key, value in tokens.items()}
+
+
+def run_child(command: list[str], cwd: Path) -> tuple[float, int, str]:
+    """Run `command` (this interpreter first on PATH); its wall time, peak RSS in bytes and output."""
+    start = time.perf_counter()
+    with subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=python_first_env({**os.environ, "HF_HUB_OFFLINE": "1"}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as process:
+        output = process.stdout.read()
+        # wait4 gives this child's own peak RSS; getrusage(RUSAGE_CHILDREN) would give the largest of all so far
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"`{' '.join(command)}` exited {process.returncode} in {cwd}:\n{output[-3000:]}")
+    return seconds, usage.ru_maxrss * 1024, output  # ru_maxrss is in KiB on Linux

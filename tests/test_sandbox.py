@@ -1,0 +1,38 @@
+"""The tests' copies of the project hold what git tracks and the committed params.yaml, never the
+user's untracked files or edited params (zh_sentiment/sandbox.py)."""
+
+import subprocess
+
+import yaml
+
+from tests.conftest import new_project
+from zh_sentiment.sandbox import ROOT, committed_params, ran_stages
+
+
+def test_a_copy_leaves_out_untracked_files_and_params_edits_but_keeps_code_edits(tmp_path):
+    checkout = tmp_path / "checkout"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(checkout)], check=True)
+    (checkout / "models-src" / "bert").mkdir(parents=True)
+    (checkout / "models-src" / "bert" / "model.safetensors").write_bytes(b"\0" * 1024)
+    (checkout / "notes.txt").write_text("mine", encoding="utf-8")
+    edited = yaml.safe_load((checkout / "params.yaml").read_text(encoding="utf-8"))
+    edited["data"]["text_column"] = "text_a"
+    (checkout / "params.yaml").write_text(yaml.safe_dump(edited), encoding="utf-8")
+    with (checkout / "stages" / "train.py").open("a", encoding="utf-8") as file:
+        file.write("# an edit not yet committed\n")
+
+    project = new_project(tmp_path / "copy", {"train.lr": 0.5}, root=checkout)
+
+    assert not (project.path / "models-src").exists() and not (project.path / "notes.txt").exists()
+    assert not (project.path / "tests").exists()
+    params = yaml.safe_load((project.path / "params.yaml").read_text(encoding="utf-8"))
+    assert params["data"]["text_column"] == committed_params(checkout)["data"]["text_column"] != "text_a"
+    assert params["train"]["lr"] == 0.5
+    assert (project.path / "stages" / "train.py").read_text(encoding="utf-8").endswith("# an edit not yet committed\n")
+    assert project.run("git", "status", "--porcelain").stdout == ""  # all of it committed in the copy
+
+
+def test_running_stages_are_read_from_dvc_output():
+    output = "Running stage 'train':\n> python -m stages.train\ntrain: 80%\nRunning stage 'evaluate':\n"
+    assert ran_stages(output) == ["train", "evaluate"]
+    assert ran_stages("Stage 'fetch' didn't change, skipping\n") == []

@@ -1,0 +1,71 @@
+"""Throwaway copies of this project, for the tests and the benchmark that run the real `dvc repro`.
+
+A copy holds the files git tracks (not the user's untracked files, such as a model folder
+under models-src/) and the COMMITTED params.yaml (not the user's edits), in a fresh git repo.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout this package was imported from
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def tracked_files(root: Path = ROOT) -> list[str]:
+    """The paths git tracks in `root` (as committed or staged; never untracked files)."""
+    return [path for path in git("ls-files", "--cached", "-z", cwd=root).split("\0") if path]
+
+
+def committed_params(root: Path = ROOT) -> dict:
+    return yaml.safe_load(git("show", "HEAD:params.yaml", cwd=root))
+
+
+def edit_params(path: Path, changes: dict, base: dict | None = None) -> None:
+    """Write params.yaml at `path`: `base` (default: the file there) with `changes`, dotted keys
+    such as train.lr mapped to values."""
+    params = base if base is not None else yaml.safe_load(path.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        section, name = key.split(".")
+        params[section][name] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def ran_stages(dvc_output: str) -> list[str]:
+    """The stages `dvc repro` / `dvc exp run` ran, in order, from their "Running stage 'x':" lines."""
+    return [line.split("'")[1] for line in dvc_output.splitlines() if line.startswith("Running stage")]
+
+
+def python_first_env(env: dict | None = None) -> dict:
+    """`env` (default: this process's) with this interpreter's folder first on PATH: dvc.yaml's
+    commands call `python`, which must be the one that has this project's requirements."""
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def copy_project(dest: Path, changes: dict, root: Path = ROOT, skip: tuple[str, ...] = ("tests/",)) -> Path:
+    """The tracked files of `root` (less those under `skip`) in `dest`, with the committed params.yaml
+    and `changes` to it, committed to a fresh git repo."""
+    for relative in tracked_files(root):
+        source = root / relative
+        if source.is_file() and not relative.startswith(skip):
+            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / relative)
+    edit_params(dest / "params.yaml", changes, base=committed_params(root))
+    for command in (
+        ["init", "-q"],
+        ["config", "user.email", "tests@example.com"],
+        ["config", "user.name", "tests"],
+        ["add", "-A"],
+        ["commit", "-q", "-m", "project under test"],
+    ):
+        git(*command, cwd=dest)
+    return dest
