@@ -1,7 +1,8 @@
 """What every trained model reports, in the same files and keys, so the models compare side by side.
 
-metrics/<model>.json           test accuracy, macro precision/recall/F1, ROC AUC, n; validation accuracy;
+metrics/<model>.json           the headline: test accuracy, macro F1, ROC AUC, n; validation accuracy;
                                test_classes / validation_classes only when a split lacks a class
+metrics/<model>/test.json      every test metric, macro precision and recall included
 metrics/<model>/predictions.csv one row per test review (the confusion-matrix plot)
 metrics/<model>/roc.csv         the test ROC curve (a plot)
 metrics/<model>/misclassified.csv  the wrong predictions, most confident first, for reading
@@ -15,6 +16,9 @@ from zh_sentiment import plots
 from zh_sentiment.metrics import classification_metrics, roc_points
 from zh_sentiment.outputs import write_csv, write_json
 from zh_sentiment.paths import model_metrics, model_reports
+
+# What `dvc metrics show` compares, one row per model: few enough columns to read in a terminal.
+HEADLINE = ("n", "accuracy", "f1_macro", "roc_auc")
 
 
 def missing_classes(model: str, split: str, labels: np.ndarray, label_names: list[str]) -> dict:
@@ -43,11 +47,10 @@ def write_test_report(
     validation_accuracy: float,
     y_validation: np.ndarray | None = None,
 ) -> dict:
-    """Write the model's metrics and test reports; return the metrics."""
-    metrics = {
-        **classification_metrics(y_true, probabilities),
-        "validation_accuracy": round(float(validation_accuracy), 6),
-    }
+    """Write the model's metrics and test reports; return the headline metrics."""
+    test = classification_metrics(y_true, probabilities)
+    metrics = {key: test[key] for key in HEADLINE if key in test}  # no roc_auc when the test split lacks a class
+    metrics["validation_accuracy"] = round(float(validation_accuracy), 6)
     for split, labels in (("test", y_true), ("validation", y_validation)):
         if labels is not None:
             metrics.update(missing_classes(model, split, labels, label_names))
@@ -65,6 +68,7 @@ def write_test_report(
     roc = roc_points(y_true, probabilities)
     reports = model_reports(model)
     write_json(model_metrics(model), metrics)
+    write_json(reports / "test.json", test)
     write_csv(reports / "predictions.csv", predictions)
     write_csv(reports / "roc.csv", roc)
     write_csv(reports / "misclassified.csv", wrong)
