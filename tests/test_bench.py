@@ -16,7 +16,16 @@ def smoke(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     readme = folder / "README.md"
     readme.write_text(f"# Title\n\n{START}\nold table, typed by hand\n{END}\n\n## Next\n", encoding="utf-8")
-    argv = ["--smoke", "--only", "encoder_speed", "classic", "precision", "--results", str(folder / "results.json")]
+    argv = [
+        "--smoke",
+        "--only",
+        "encoder_speed",
+        "classic",
+        "precision",
+        "finetune_cost",
+        "--results",
+        str(folder / "results.json"),
+    ]
     bench.main([*argv, "--readme", str(readme)])
     return json.loads((folder / "results.json").read_text(encoding="utf-8")), readme.read_text(encoding="utf-8")
 
