@@ -17,12 +17,10 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from zh_sentiment import plots
 from zh_sentiment.classifier import save_classifier
 from zh_sentiment.encoder import choose_device, load_encoder, load_tokenizer, use_all_cores
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.finetune import FineTuned, Tokens, fit, log_probabilities
-from zh_sentiment.outputs import write_csv, write_json
 from zh_sentiment.params import load_params
 from zh_sentiment.paths import (
     CLEAN_DIR,
@@ -33,9 +31,8 @@ from zh_sentiment.paths import (
     TOKENIZATION_FILE,
     TOKENS_DIR,
     model_dir,
-    model_reports,
 )
-from zh_sentiment.report import write_test_report
+from zh_sentiment.report import write_test_report, write_training_report
 from zh_sentiment.states import CachedStates, first_trained_layer
 
 
@@ -103,18 +100,7 @@ def main() -> None:
         }
         tokenizer = load_tokenizer(tokenization["model"])
         save_classifier(model.head.cpu(), info, model_dir(FINETUNED), encoder=model.encoder, tokenizer=tokenizer)
-        history = pd.DataFrame(history).round(6)
-        write_csv(model_reports(FINETUNED) / "history.csv", history)
-        plots.training_curves(FINETUNED, history, best_epoch=best["epoch"])
-        write_json(
-            model_reports(FINETUNED) / "training.json",
-            {
-                "best_epoch": best["epoch"],
-                "epochs_run": len(history),
-                "processes": world,
-                **{key: round(value, 6) for key, value in best.items() if key != "epoch"},
-            },
-        )
+        write_training_report(FINETUNED, history, best, processes=world)
         texts = pd.read_csv(CLEAN_DIR / "test.csv", dtype={"text": str}, keep_default_na=False)["text"].tolist()
         probabilities = log_p.exp().numpy()
         write_test_report(

@@ -8,17 +8,15 @@ and metrics/frozen_head/curves.png (the same as an image, which `dvc plots show`
 import copy
 import json
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm import trange
 
-from zh_sentiment import plots
 from zh_sentiment.classifier import load_features, save_classifier
 from zh_sentiment.errors import run
-from zh_sentiment.outputs import write_csv, write_json
 from zh_sentiment.params import Train, load_params
-from zh_sentiment.paths import EMBEDDING_FILE, FROZEN_HEAD, LABELS_FILE, model_dir, model_reports
+from zh_sentiment.paths import EMBEDDING_FILE, FROZEN_HEAD, LABELS_FILE, model_dir
+from zh_sentiment.report import write_training_report
 
 
 @torch.no_grad()
@@ -95,17 +93,7 @@ def main() -> None:
     head, best, history = fit(load_features("train"), load_features("validation"), len(label_names), params)
     info = {"kind": FROZEN_HEAD, **encoder, "num_labels": len(label_names), "label_names": label_names}
     save_classifier(head, info, model_dir(FROZEN_HEAD))
-    history = pd.DataFrame(history).round(6)
-    write_csv(model_reports(FROZEN_HEAD) / "history.csv", history)
-    plots.training_curves(FROZEN_HEAD, history, best_epoch=best["epoch"])
-    write_json(
-        model_reports(FROZEN_HEAD) / "training.json",
-        {
-            "best_epoch": best["epoch"],
-            "epochs_run": len(history),
-            **{key: round(value, 6) for key, value in best.items() if key != "epoch"},
-        },
-    )
+    write_training_report(FROZEN_HEAD, history, best)
     print(f"train: best epoch {best['epoch']} of {len(history)}, validation accuracy {best['validation_accuracy']:.4f}")
 
 

@@ -7,6 +7,11 @@ metrics/<model>/predictions.csv one row per test review (the confusion-matrix pl
 metrics/<model>/roc.csv         the test ROC curve (a plot)
 metrics/<model>/misclassified.csv  the wrong predictions, most confident first, for reading
 metrics/<model>/confusion.png, roc.png  the same as images, which `dvc plots show` shows offline
+
+and, for the models trained in epochs:
+
+metrics/<model>/history.csv     loss and accuracy per epoch (a plot), and curves.png, its image
+metrics/<model>/training.json   the epoch kept and its figures
 """
 
 import numpy as np
@@ -79,3 +84,20 @@ def write_test_report(
         f"validation accuracy {metrics['validation_accuracy']:.4f}"
     )
     return metrics
+
+
+def write_training_report(model: str, history: list[dict], best: dict, **facts) -> None:
+    """The per-epoch history (rows of epoch, train_loss, train_accuracy, validation_loss,
+    validation_accuracy), its curves, and the kept epoch's row with any other `facts`."""
+    frame = pd.DataFrame(history).round(6)
+    write_csv(model_reports(model) / "history.csv", frame)
+    plots.training_curves(model, frame, best_epoch=best["epoch"])
+    write_json(
+        model_reports(model) / "training.json",
+        {
+            "best_epoch": best["epoch"],
+            "epochs_run": len(history),
+            **facts,
+            **{key: round(value, 6) for key, value in best.items() if key != "epoch"},
+        },
+    )
