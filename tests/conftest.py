@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Never wait for the hub: without this a hub lookup here takes ~50 s to fail. Set before anything
+# Never wait for the hub: without this a hub lookup here takes ~25 s to fail. Set before anything
 # imports huggingface_hub, which reads it once.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -71,8 +71,14 @@ class Project:
         return json.loads((self.path / relative).read_text(encoding="utf-8"))
 
     def copy(self, dest: Path) -> "Project":
-        shutil.copytree(self.path, dest, symlinks=True)
+        copy_tree(self.path, dest)
         return Project(dest)
+
+
+def copy_tree(source: Path, dest: Path) -> Path:
+    """A copy that a test may edit: DVC's outputs are read-only hard links into its cache
+    (.dvc/config), and copying their permission bits would keep them read-only for a normal user."""
+    return Path(shutil.copytree(source, dest, symlinks=True, copy_function=shutil.copyfile))
 
 
 def new_project(dest: Path, params: dict, root: Path = ROOT) -> Project:

@@ -4,7 +4,6 @@ zh_sentiment.cli.main runs in this process (what `zh-sentiment predict` runs, le
 of Python); one test runs the real command in a subprocess."""
 
 import io
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from importlib.metadata import entry_points
 import pandas as pd
 import pytest
 
+from tests.conftest import copy_tree
 from zh_sentiment import cli
 from zh_sentiment.predict import parse_args
 from zh_sentiment.sandbox import ROOT, python_first_env
@@ -95,7 +95,7 @@ def test_a_gbk_tsv_file_gets_a_prediction_per_row(trained_project, tmp_path, pre
 
 def test_a_copied_model_folder_works_from_anywhere(trained_project, tmp_path, predict):
     """models/ carries what predict needs; params.yaml is not read."""
-    shutil.copytree(trained_project.path / "models/frozen_head", tmp_path / "my-model")
+    copy_tree(trained_project.path / "models/frozen_head", tmp_path / "my-model")
     result = predict(tmp_path, "--model-dir", "my-model", POSITIVE_REVIEW)
     assert not (tmp_path / "params.yaml").exists()
     assert result.returncode == 0, result.stderr
@@ -116,7 +116,7 @@ def test_a_row_without_text_is_named(trained_project, tmp_path, predict):
 
 
 def test_a_missing_encoder_is_a_clear_error(trained_project, tmp_path, predict):
-    shutil.copytree(trained_project.path / "models/frozen_head", tmp_path / "models")
+    copy_tree(trained_project.path / "models/frozen_head", tmp_path / "models")
     info = tmp_path / "models" / "model.json"
     info.write_text(info.read_text(encoding="utf-8").replace('"model": "', '"model": "/nonexistent'), encoding="utf-8")
     result = predict(trained_project.path, "--model-dir", str(tmp_path / "models"), POSITIVE_REVIEW)
