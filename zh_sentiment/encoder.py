@@ -116,10 +116,10 @@ def choose_device(requested: str, source: str = "embed.device") -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    # With AMX tiles a CPU runs bf16 matmuls several times faster than fp32. Without them the gain
-    # depends on the CPU and the torch build (on the 2-core AMD EPYC with AVX512-BF16 we develop on,
-    # torch 2.13 ran bf16 about 2x faster than fp32; other builds ran it slower), so `auto` keeps the
-    # fp32 reference there and bf16 stays an opt-in.
+    # With AMX tiles a CPU runs bf16 matmuls several times faster than fp32. Without them it depends
+    # on the CPU: with torch 2.13 on 2-core AMD EPYC machines, bf16 ran about 2x faster than fp32 on
+    # one with AVX512-BF16 and about 8x slower on one with AVX2 only. So `auto` keeps the fp32
+    # reference there and bf16 stays an opt-in.
     return torch.cpu._is_amx_tile_supported()
 
 
