@@ -4,6 +4,7 @@ in which the real `dvc repro` runs on them."""
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -77,8 +78,14 @@ class Project:
 
 def copy_tree(source: Path, dest: Path) -> Path:
     """A copy that a test may edit: DVC's outputs are read-only hard links into its cache
-    (.dvc/config), and copying their permission bits would keep them read-only for a normal user."""
-    return Path(shutil.copytree(source, dest, symlinks=True, copy_function=shutil.copyfile))
+    (.dvc/config), so each copied file gets its owner's write bit back (other bits, such as
+    an executable .ci/run's, stay as they are: git would see them change)."""
+
+    def copy_writable(src, dst):
+        shutil.copy2(src, dst)
+        os.chmod(dst, os.stat(dst).st_mode | stat.S_IWUSR)
+
+    return Path(shutil.copytree(source, dest, symlinks=True, copy_function=copy_writable))
 
 
 def new_project(dest: Path, params: dict, root: Path = ROOT) -> Project:
