@@ -409,3 +409,9 @@ def test_training_the_head_uses_one_thread():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_recorded_encoder_folder_that_is_gone_is_named_as_missing(tmp_path):
+    """Not the hub-cache advice: an absolute folder can only be local."""
+    with pytest.raises(PipelineError, match="model folder .*gone.* does not exist"):
+        classifier.weights_folder(str(tmp_path / "gone"))

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.outputs import atomic_dir, write_json
-from zh_sentiment.paths import FEATURES_DIR, HEAD_FILE, INFO_FILE, WEIGHT_FILES
+from zh_sentiment.paths import FEATURES_DIR, HEAD_FILE, INFO_FILE, WEIGHT_FILES, must_be_local
 
 SELF = "."  # `model` of a finetuned folder: the encoder is saved in the model folder itself
 
@@ -76,6 +76,11 @@ def weights_folder(name: str) -> Path:
     folder = Path(name).expanduser()
     if folder.is_dir():
         return folder
+    if must_be_local(name):
+        raise PipelineError(
+            f"model folder {folder} does not exist (moved or deleted since it was recorded). "
+            "Put it back there, or point model.name at where it is now and run `dvc repro`."
+        )
     try:
         return Path(snapshot_download(name, local_files_only=True))
     except Exception as err:  # not cached: from_pretrained has not loaded it on this machine
