@@ -63,10 +63,10 @@ def load_from_hub(dataset_id: str) -> DatasetDict:
             f"data.dataset: '{dataset_id}' is no folder here and could not be loaded from the Hugging Face Hub "
             f"({first_line(err)}).\n"
             'To work offline (README.md, section "Offline"), save the dataset once where the hub is reachable '
-            f"(`load_dataset('{dataset_id}').save_to_disk('data/source')`), or put train.csv and test.csv "
-            "(or .tsv) in a folder, set data.dataset in params.yaml to that folder, and set HF_HUB_OFFLINE=1 "
-            "so that lookups do not wait for the network. The model is loaded next: if model.name is a hub id, "
-            "save that model to a folder the same way and point model.name at it."
+            f"(`load_dataset('{dataset_id}').save_to_disk('data/source/mydata')`), or put train.csv and test.csv "
+            "(or .tsv) in such a folder under data/source/, set data.dataset in params.yaml to it, and set "
+            "HF_HUB_OFFLINE=1 so that lookups do not wait for the network. The model is loaded next: if model.name "
+            "is a hub id, save that model to a folder the same way and point model.name at it."
         ) from err
 
 

@@ -403,7 +403,7 @@ def test_an_unreachable_hub_dataset_is_a_short_error_saying_how_to_use_a_local_f
     write_params(project.path, {"data.dataset": "lansinuote/ChnSentiCorp"})
     stderr = assert_one_error_message(run_stage(cli_project, "fetch"))
     assert "could not be loaded from the Hugging Face Hub" in stderr
-    assert "save_to_disk" in stderr and "set data.dataset in params.yaml to that folder" in stderr
+    assert "save_to_disk('data/source/mydata')" in stderr and "set data.dataset in params.yaml to it" in stderr
     assert stderr.rstrip().endswith("(set PIPELINE_DEBUG=1 for the full traceback)")
     assert len(stderr.splitlines()) <= 3
 
