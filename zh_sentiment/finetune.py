@@ -21,11 +21,10 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.masking_utils import create_bidirectional_mask
 
-from zh_sentiment.encoder import pool
+from zh_sentiment.encoder import TOKEN_INPUTS, pool
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.params import Finetune
 
-TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 GROUP = 50  # length grouping: reviews are sorted by length within runs of GROUP batches
 
 
@@ -44,7 +43,7 @@ class Tokens:
 
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         width = int(self.lengths[index].max())
-        return {key: self.tokens[key][index, :width].long() for key in TOKEN_KEYS if key in self.tokens}
+        return {key: self.tokens[key][index, :width].long() for key in TOKEN_INPUTS if key in self.tokens}
 
 
 def length_grouped_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -100,7 +99,7 @@ class FineTuned(torch.nn.Module):
             for layer in self.encoder.encoder.layer[self.start :]:
                 hidden = layer(hidden, layer_mask)
         else:
-            hidden = self.encoder(**{key: batch[key] for key in TOKEN_KEYS if key in batch}).last_hidden_state
+            hidden = self.encoder(**{key: batch[key] for key in TOKEN_INPUTS if key in batch}).last_hidden_state
         return self.head(pool(hidden, mask, self.pooling))
 
 

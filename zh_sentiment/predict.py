@@ -14,7 +14,6 @@ import argparse
 import codecs
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +23,6 @@ from transformers.utils import logging as transformers_logging
 
 from zh_sentiment.classifier import check_encoder, encoder_location, load_classifier
 from zh_sentiment.encoder import (
-    check_model_folder,
     choose_device,
     choose_precision,
     embed,
@@ -37,7 +35,7 @@ from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import Embed, check_value
 from zh_sentiment.paths import FINETUNED, FROZEN_HEAD, INFO_FILE, model_dir
-from zh_sentiment.tables import detect_encoding, read_table, require_columns
+from zh_sentiment.tables import codec_for, read_table, require_columns
 from zh_sentiment.text import normalize_text
 
 CHUNK = 2048  # reviews tokenized and embedded together: bounds memory on large files
@@ -117,29 +115,26 @@ def not_a_text_table(data: bytes) -> str | None:
     return None
 
 
-def decode(data: bytes, path: Path, encoding: str, where: str) -> str:
-    """`data` (the bytes of `path`) as text, decoded as a file's would be; `where` names it in messages."""
+def decode(data: bytes, encoding: str, where: str) -> str:
+    """`data` as text, decoded as a file's would be; `where` names it in messages."""
     problem = not_a_text_table(data)
     if problem:
         raise PipelineError(f"{where} is {problem}. Save it as CSV (UTF-8) or as tab-separated text.")
     try:
-        return data.decode(detect_encoding(path, encoding, "--encoding"))
-    except PipelineError as err:
+        return data.decode(codec_for(data, where, encoding, "--encoding"))
+    except PipelineError:
         if b"\0" in data[:4096] and encoding == "auto":
             raise PipelineError(
                 f"{where} looks like a binary file, not review text (it holds NUL bytes). "
                 "Give a CSV or TSV text file, or --encoding if it is text in UTF-16/UTF-32."
             ) from None
-        raise PipelineError(str(err).replace(str(path), where)) from None
+        raise
 
 
 def read_stdin(encoding: str) -> str:
     """stdin as bytes, decoded with the same detection as a file (a GBK pipe is common on Chinese Windows)."""
     data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "stdin.txt"
-        path.write_bytes(data)
-        return decode(data, path, encoding, "stdin")
+    return decode(data, encoding, "stdin")
 
 
 def as_embed(key: str, convert=str):
@@ -163,7 +158,7 @@ def read_reviews(args: argparse.Namespace) -> tuple[list[str], pd.DataFrame | No
     if args.input:
         if not args.input.is_file():
             raise PipelineError(f"--input {args.input}: no such file.")
-        decode(args.input.read_bytes(), args.input, args.encoding, f"--input {args.input}")  # clear messages first
+        decode(args.input.read_bytes(), args.encoding, f"--input {args.input}")  # clear messages first
         table = read_table(args.input, args.encoding, args.columns, "--encoding", "--columns")
         require_columns(list(table.columns), {"--text-column": args.text_column}, str(args.input), "--columns")
         raw = table[args.text_column].fillna("").tolist()
@@ -216,7 +211,6 @@ def predict(
     tokenizer = load_tokenizer(location, source)
     device, precision = choose_settings(device_name, precision, info["precision"])
     use_all_cores()
-    check_model_folder(location, need_weights=True, source=source)
     encoder = load_encoder(location, device, precision, source)
     check_encoder(info, location, info_file)
     config = encoder.config

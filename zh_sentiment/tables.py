@@ -39,7 +39,13 @@ def quoting(path: Path) -> int:
 
 
 def detect_encoding(path: Path, encoding: str = "auto", param: str = "data.encoding") -> str:
-    """The codec to read `path` with: `encoding` if given, else the one the bytes show.
+    """The codec to read the file `path` with (see codec_for)."""
+    return codec_for(path.read_bytes(), path, encoding, param)
+
+
+def codec_for(data: bytes, where: str | Path, encoding: str = "auto", param: str = "data.encoding") -> str:
+    """The codec to read `data` with: `encoding` if given, else the one the bytes show. `where`
+    (a file, or e.g. stdin) and `param` (the setting that gives the encoding) name them in messages.
 
     auto: a byte order mark (UTF-8, UTF-16, UTF-32); UTF-16/32 without one; valid UTF-8;
     else GB18030 (a superset of GBK and GB2312, what Windows tools in mainland China save)
@@ -47,7 +53,6 @@ def detect_encoding(path: Path, encoding: str = "auto", param: str = "data.encod
     most byte strings without error, so the text itself is the evidence; when it does not
     settle the question this stops and asks for `param` rather than guess.
     """
-    data = path.read_bytes()
     if encoding != "auto":
         if codecs.lookup(encoding).name == "utf-8" and data.startswith(codecs.BOM_UTF8):
             return "utf-8-sig"
@@ -55,7 +60,7 @@ def detect_encoding(path: Path, encoding: str = "auto", param: str = "data.encod
             data.decode(encoding)
         except UnicodeDecodeError as err:
             raise PipelineError(
-                f"{path}: not valid {encoding} (first bad byte at offset {err.start}). "
+                f"{where}: not valid {encoding} (first bad byte at offset {err.start}). "
                 f"Set {param} to the file's encoding, or to auto to detect it."
             ) from None
         return encoding
@@ -63,16 +68,16 @@ def detect_encoding(path: Path, encoding: str = "auto", param: str = "data.encod
         if data.startswith(bom):
             return codec
     if b"\x00" in data:  # never in GBK, Big5 or UTF-8 text; in UTF-16/32 it is half the bytes
-        return utf_without_bom(data, path, param)
+        return utf_without_bom(data, where, param)
     try:
         data.decode("utf-8")
         return "utf-8"
     except UnicodeDecodeError:
         pass
-    return chinese_codec(data, path, param)
+    return chinese_codec(data, where, param)
 
 
-def utf_without_bom(data: bytes, path: Path, param: str) -> str:
+def utf_without_bom(data: bytes, where: str | Path, param: str) -> str:
     # The right reading has line breaks and no control characters; the wrong widths and byte
     # orders give NULs, undecodable bytes, or no line break at all.
     for codec in ("utf-32-le", "utf-32-be", "utf-16-le", "utf-16-be"):
@@ -83,12 +88,12 @@ def utf_without_bom(data: bytes, path: Path, param: str) -> str:
         if "\n" in text and not any(ch < " " and ch not in "\t\r\n" for ch in text):
             return codec
     raise PipelineError(
-        f"{path}: holds NUL bytes but is not UTF-16 or UTF-32 text; is it a table at all? "
+        f"{where}: holds NUL bytes but is not UTF-16 or UTF-32 text; is it a table at all? "
         f"Save it as UTF-8 CSV/TSV, or set {param} to its encoding."
     )
 
 
-def chinese_codec(data: bytes, path: Path, param: str) -> str:
+def chinese_codec(data: bytes, where: str | Path, param: str) -> str:
     readings = {}
     for codec in ("gb18030", "cp950"):
         try:
@@ -109,7 +114,7 @@ def chinese_codec(data: bytes, path: Path, param: str) -> str:
         if big5_simplified > gb_simplified:
             return "cp950"
     raise PipelineError(
-        f"{path}: cannot tell its encoding: it is not UTF-8, and read as GBK/GB18030 or as Big5 it "
+        f"{where}: cannot tell its encoding: it is not UTF-8, and read as GBK/GB18030 or as Big5 it "
         f"{'does not look like Chinese text' if not readings else 'looks like Chinese text either way'}. "
         f"Set {param} to the file's encoding (e.g. gbk, big5, utf-16), or save it as UTF-8."
     )
@@ -208,7 +213,8 @@ def read_table(
 ) -> pd.DataFrame:
     """Every cell as text, read fresh from disk (no cache). Blank lines at the end are only the end
     of the file and are dropped. `columns`: the file has no header row and these are its columns."""
-    text = path.read_bytes().decode(detect_encoding(path, encoding, encoding_param)).rstrip("\r\n") + "\n"
+    data = path.read_bytes()
+    text = data.decode(codec_for(data, path, encoding, encoding_param)).rstrip("\r\n") + "\n"
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, header=None if columns else "infer", **csv_options(path))
     except pd.errors.EmptyDataError:
