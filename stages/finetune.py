@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 
 from zh_sentiment.classifier import save_classifier
-from zh_sentiment.encoder import choose_device, load_encoder, load_tokenizer, use_all_cores
+from zh_sentiment.encoder import choose_device, load_encoder, load_tokenizer, precision_probe, use_all_cores
 from zh_sentiment.errors import PipelineError, run
-from zh_sentiment.finetune import FineTuned, Tokens, fit, log_probabilities
+from zh_sentiment.finetune import FineTuned, Tokens, choose_autocast, fit, log_probabilities
 from zh_sentiment.params import load_params
 from zh_sentiment.paths import (
     CLEAN_DIR,
@@ -74,6 +74,7 @@ def main() -> None:
     all_params = load_params()
     params = all_params.finetune
     rank, world, device = start_processes(params.device)
+    precision = choose_autocast(params.precision, device)
     tokenization = json.loads(TOKENIZATION_FILE.read_text(encoding="utf-8"))
     label_names = json.loads(LABELS_FILE.read_text(encoding="utf-8"))["names"]
     encoder = load_encoder(tokenization["model"], device, "fp32")
@@ -83,18 +84,19 @@ def main() -> None:
     model = FineTuned(encoder, len(label_names), all_params.embed.pooling, start).to(device)
     if rank == 0:
         what = "every layer" if start is None else f"layers {start + 1}..{encoder.config.num_hidden_layers}"
-        print(f"finetune: {tokenization['model']}, {what} + head, {world} process(es) on {device}")
+        print(f"finetune: {tokenization['model']}, {what} + head, {world} process(es) on {device} in {precision}")
 
-    best_state, best, history = fit(model, train, validation, params, device, rank, world)
+    best_state, best, history = fit(model, train, validation, params, device, rank, world, precision)
     if rank == 0:
         model.load_state_dict(best_state)
-        log_p = log_probabilities(model, test, torch.arange(len(test)), params.batch_size, device)
+        log_p = log_probabilities(model, test, torch.arange(len(test)), params, device, precision)
         info = {
             "kind": FINETUNED,
             "model": ".",  # the encoder is in the model folder itself
             "max_length": tokenization["max_length"],
             "pooling": all_params.embed.pooling,
-            "precision": "bf16" if device.type == "cuda" else "fp32",
+            "precision": precision,
+            "precision_probe": precision_probe(params.precision, device),
             "num_labels": len(label_names),
             "label_names": label_names,
         }

@@ -24,12 +24,6 @@ def test_mean_pooling_averages_real_tokens_only():
     assert pool(hidden, mask, "mean").flatten().tolist() == [2.0, 4.0]
 
 
-@pytest.mark.parametrize(("amx", "expected"), [(True, "bf16"), (False, "fp32")])
-def test_auto_precision_on_cpu_takes_bf16_only_with_amx(monkeypatch, amx, expected):
-    monkeypatch.setattr(encoder, "cpu_has_fast_bf16", lambda: amx)
-    assert choose_precision("auto", torch.device("cpu")) == expected
-
-
 def test_auto_precision_on_cuda_prefers_bf16_then_fp16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert choose_precision("auto", torch.device("cuda")) == "bf16"

@@ -34,6 +34,8 @@ class ModelInfo(BaseModel):
     max_length: Annotated[int, Field(ge=3)]
     pooling: Literal["cls", "mean"]
     precision: Literal["fp32", "bf16", "fp16", "int8"]
+    # the CPU probe's figures behind an `auto` choice (zh_sentiment/precision.py), else None
+    precision_probe: dict | None = None
     num_labels: Annotated[int, Field(ge=2)]
     label_names: list[Annotated[str, Field(min_length=1)]]
     fingerprint: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]  # of the encoder's weight files

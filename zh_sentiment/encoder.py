@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokeniz
 
 from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.paths import WEIGHT_FILES, must_be_local
+from zh_sentiment.precision import cached_cpu_decision
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a BERT-like forward may take
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
@@ -116,11 +117,9 @@ def choose_device(requested: str, source: str = "embed.device") -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    # With AMX tiles a CPU runs bf16 matmuls several times faster than fp32. Without them it depends
-    # on the CPU: with torch 2.13 on 2-core AMD EPYC machines, bf16 ran about 2x faster than fp32 on
-    # one with AVX512-BF16 and about 8x slower on one with AVX2 only. So `auto` keeps the fp32
-    # reference there and bf16 stays an opt-in.
-    return torch.cpu._is_amx_tile_supported()
+    """Whether bf16 is clearly faster than fp32 on this CPU: measured once per machine (zh_sentiment/precision.py),
+    since CPUs of the same name differ (AVX512-BF16 makes bf16 2-3x faster, AVX2 alone about 7x slower)."""
+    return cached_cpu_decision()["choice"] == "bf16"
 
 
 def choose_precision(requested: str, device: torch.device, source: str = "embed") -> str:
@@ -136,6 +135,11 @@ def choose_precision(requested: str, device: torch.device, source: str = "embed"
     if device.type == "cpu" and cpu_has_fast_bf16():
         return "bf16"
     return "fp32"
+
+
+def precision_probe(requested: str, device: torch.device) -> dict | None:
+    """The probe's figures behind an `auto` choice on the CPU (what embedding.json and model.json record), else None."""
+    return cached_cpu_decision() if requested == "auto" and device.type == "cpu" else None
 
 
 def load_encoder(name: str, device: torch.device, precision: str, source: str = "model.name") -> torch.nn.Module:
