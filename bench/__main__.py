@@ -26,7 +26,17 @@ from zh_sentiment.encoder import use_all_cores
 from zh_sentiment.outputs import write_json
 from zh_sentiment.sandbox import ROOT
 
-MEASUREMENTS = ["encoder_speed", "classic", "rerun", "memory", "precision", "finetune_levers", "finetune_memory", "finetune_epochs", "default_run"]
+MEASUREMENTS = [
+    "encoder_speed",
+    "classic",
+    "rerun",
+    "memory",
+    "precision",
+    "finetune_levers",
+    "finetune_memory",
+    "finetune_epochs",
+    "default_run",
+]
 RESULTS_FILE = ROOT / "bench" / "results.json"
 
 
