@@ -22,7 +22,9 @@ def smoke(tmp_path_factory):
         "encoder_speed",
         "classic",
         "precision",
-        "finetune_cost",
+        "finetune_levers",
+        "finetune_memory",
+        "finetune_epochs",
         "--results",
         str(folder / "results.json"),
     ]
@@ -32,7 +34,14 @@ def smoke(tmp_path_factory):
 
 def test_every_measurement_asked_for_gives_rows_with_numbers(smoke):
     results, _ = smoke
-    assert list(results["measurements"]) == ["encoder_speed", "classic", "precision", "finetune_cost"]
+    assert list(results["measurements"]) == [
+        "encoder_speed",
+        "classic",
+        "precision",
+        "finetune_levers",
+        "finetune_memory",
+        "finetune_epochs",
+    ]
     for rows in results["measurements"].values():
         assert rows and all(isinstance(row["value"], float) and row["value"] == row["value"] for row in rows)
     speed = {row["measurement"].split(":")[0]: row["value"] for row in results["measurements"]["encoder_speed"]}
