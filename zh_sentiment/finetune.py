@@ -131,13 +131,14 @@ class FineTuned(torch.nn.Module):
 
 def make_optimizer(model: torch.nn.Module, params: Finetune) -> torch.optim.AdamW:
     """AdamW over the trainable weights; biases and LayerNorm weights (the 1-D ones) get no weight decay.
-    foreach: one kernel per group of tensors instead of one per tensor (see the benchmark's finetune_levers)."""
+    fused: one kernel for the whole update; on a 2-core CPU 6.5x faster than the per-tensor loop over bert-base's
+    weights, where foreach gained nothing (the benchmark's finetune_levers rows)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": params.weight_decay},
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=params.lr, foreach=True)
+    return torch.optim.AdamW(groups, lr=params.lr, fused=True)
 
 
 def choose_autocast(requested: str, device: torch.device) -> str:

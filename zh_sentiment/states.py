@@ -52,5 +52,6 @@ class CachedStates:
         positions = torch.arange(int(lengths.max()))
         mask = positions < lengths[:, None]
         rows = (self.offsets[index][:, None] + positions).masked_fill_(~mask, 0)
-        states = self.states[rows].float().masked_fill_(~mask[..., None], 0.0)
+        states = self.states.index_select(0, rows.flatten()).view(*rows.shape, -1)  # faster than self.states[rows]
+        states = states.float().masked_fill_(~mask[..., None], 0.0)
         return {"states": states, "attention_mask": mask.long()}
