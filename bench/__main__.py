@@ -8,6 +8,7 @@ its module and add its name to MEASUREMENTS.
 
 import argparse
 import importlib
+import json
 import os
 import platform
 import sys
@@ -26,7 +27,17 @@ from zh_sentiment.encoder import use_all_cores
 from zh_sentiment.outputs import write_json
 from zh_sentiment.sandbox import ROOT
 
-MEASUREMENTS = ["encoder_speed", "classic", "rerun", "memory", "precision", "finetune_cost"]
+MEASUREMENTS = [
+    "encoder_speed",
+    "classic",
+    "rerun",
+    "memory",
+    "precision",
+    "finetune_levers",
+    "finetune_memory",
+    "finetune_epochs",
+    "default_run",
+]
 RESULTS_FILE = ROOT / "bench" / "results.json"
 
 
@@ -48,12 +59,35 @@ def machine() -> dict:
     }
 
 
+def merged(earlier: dict, latest: dict) -> dict:
+    """`earlier` with `latest`'s measurements in place of its own; `runs` says where each measurement came from."""
+
+    def run(results: dict) -> str:
+        load = results["machine"]["load_average_at_start"]
+        return f"`{results['command']}`, {results['date'][:10]}, load average {load} at the start"
+
+    runs = {name: earlier.get("runs", {}).get(name, run(earlier)) for name in earlier["measurements"]}
+    runs.update({name: run(latest) for name in latest["measurements"]})
+    measurements = {**earlier["measurements"], **latest["measurements"]}
+    keep = [name for name in MEASUREMENTS if name in measurements]  # the runner's order; dropped modules go
+    return {
+        **earlier,
+        "measurements": {name: measurements[name] for name in keep},
+        "runs": {name: runs[name] for name in keep},
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny encoder and few reviews: seconds, not minutes")
     parser.add_argument("--only", nargs="+", choices=MEASUREMENTS, default=MEASUREMENTS)
     parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="where to write the results (JSON)")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README whose table to regenerate")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other measurements in --results; the table says which run each is",
+    )
     args = parser.parse_args(argv)
     scale = SMOKE if args.smoke else REAL
     use_all_cores()
@@ -74,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"   {row.measurement}: {row.shown()}  {row.note}", flush=True)
             results["measurements"][name] = [{**asdict(row), "shown": row.shown()} for row in rows]
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
+    if args.merge and args.results.exists():
+        results = merged(json.loads(args.results.read_text(encoding="utf-8")), results)
     write_json(args.results, results)
     update_readme(args.readme, results)
     print(f"wrote {args.results} and the table in {args.readme} ({results['wall_seconds']:.0f} s)")

@@ -23,6 +23,9 @@ def table(results: dict) -> str:
         "| measurement | result | note |",
         "| --- | --- | --- |",
     ]
+    if "runs" in results:  # measurements merged from several runs (python -m bench --merge)
+        lines[0] = f"{machine['cores']} cores of {machine['cpu']}, torch {machine['torch']}; measured by:"
+        lines[1:1] = [f"- {name}: {run}" for name, run in results["runs"].items()]
     for name, rows in results["measurements"].items():
         lines += [f"| {name}: {row['measurement']} | {row['shown']} | {row['note']} |" for row in rows]
     return "\n".join(lines)

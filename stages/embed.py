@@ -15,7 +15,7 @@ import json
 import torch
 from safetensors.torch import load_file, save_file
 
-from zh_sentiment.encoder import choose_device, choose_precision, embed, load_encoder, use_all_cores
+from zh_sentiment.encoder import choose_device, embed, load_encoder, use_all_cores
 from zh_sentiment.errors import run
 from zh_sentiment.outputs import atomic_dir, write_json
 from zh_sentiment.params import load_params
@@ -28,6 +28,7 @@ from zh_sentiment.paths import (
     TOKENIZATION_FILE,
     TOKENS_DIR,
 )
+from zh_sentiment.precision import choose_precision, precision_probe
 from zh_sentiment.states import STATES_DTYPE, first_trained_layer, save_states
 
 
@@ -37,6 +38,7 @@ def main() -> None:
     tokenizer_info = json.loads(TOKENIZATION_FILE.read_text(encoding="utf-8"))
     device = choose_device(params.device)
     precision = choose_precision(params.precision, device)
+    probe = precision_probe(params.precision, device)
     use_all_cores()
     model = load_encoder(tokenizer_info["model"], device, precision)
     start = first_trained_layer(all_params.finetune.layers, model.config.num_hidden_layers)
@@ -60,7 +62,9 @@ def main() -> None:
             if states is not None:
                 lengths, labels = tokens[split]["lengths"], tokens[split]["labels"]
                 save_states(states_out / f"{split}.safetensors", states, lengths, labels)
-        write_json(out / EMBEDDING_FILE.name, {**tokenizer_info, "pooling": params.pooling, "precision": precision})
+        # the probe's figures are this machine's, kept in its cache: the same on every run here (precision.py)
+        embedding = {"pooling": params.pooling, "precision": precision, "precision_probe": probe}
+        write_json(out / EMBEDDING_FILE.name, {**tokenizer_info, **embedding})
         write_json(
             states_out / STATES_FILE.name,
             {

@@ -20,7 +20,7 @@ from transformers.utils import logging as transformers_logging
 
 from zh_sentiment.encoder import choose_device, load_classification_model, load_tokenizer, use_all_cores
 from zh_sentiment.errors import PipelineError, run
-from zh_sentiment.finetune import FineTuned, Tokens, fit, log_probabilities
+from zh_sentiment.finetune import FineTuned, Tokens, choose_autocast, fit, log_probabilities
 from zh_sentiment.model_folder import SELF, describe, non_finite_weights, write_info
 from zh_sentiment.outputs import atomic_dir
 from zh_sentiment.params import load_params
@@ -34,6 +34,7 @@ from zh_sentiment.paths import (
     TOKENS_DIR,
     model_dir,
 )
+from zh_sentiment.precision import precision_probe
 from zh_sentiment.report import write_test_report, write_training_report
 from zh_sentiment.states import CachedStates, first_trained_layer
 
@@ -106,6 +107,7 @@ def main() -> None:
     all_params = load_params()
     params = all_params.finetune
     rank, world, device = start_processes(params.device)
+    precision = choose_autocast(params.precision, device)
     tokenization = json.loads(TOKENIZATION_FILE.read_text(encoding="utf-8"))
     label_names = json.loads(LABELS_FILE.read_text(encoding="utf-8"))["names"]
     classifier = starting_model(tokenization["model"], label_names, params.seed)
@@ -114,17 +116,18 @@ def main() -> None:
     model = FineTuned(classifier, start).to(device)
     if rank == 0:
         what = "every layer" if start is None else f"layers {start + 1}..{classifier.config.num_hidden_layers}"
-        print(f"finetune: {tokenization['model']}, {what} + head, {world} process(es) on {device}")
+        print(f"finetune: {tokenization['model']}, {what} + head, {world} process(es) on {device} in {precision}")
 
-    best_state, best, history = fit(model, train, validation, params, device, rank, world)
+    best_state, best, history = fit(model, train, validation, params, device, rank, world, precision)
     if rank == 0:
         model.load_state_dict(best_state)
-        probabilities = log_probabilities(model, test, torch.arange(len(test)), params.batch_size, device).exp()
+        log_p = log_probabilities(model, test, torch.arange(len(test)), params, device, precision)
+        probabilities = log_p.exp()
         model = model.model.cpu()
         check_finite(model, probabilities)
         texts = pd.read_csv(CLEAN_DIR / "test.csv", dtype={"text": str}, keep_default_na=False)["text"].tolist()
         # the reports first, the model folder last: a model exists only together with its reports
-        write_training_report(FINETUNED, history, best, processes=world)
+        write_training_report(FINETUNED, history, best, processes=world, precision=precision)
         headline = write_test_report(
             FINETUNED, test.labels.numpy(), probabilities.numpy(), label_names, texts, best["validation_accuracy"]
         )
@@ -132,7 +135,11 @@ def main() -> None:
             "model": SELF,  # the encoder is the model folder itself
             "max_length": tokenization["max_length"],
             "pooling": "model",  # the architecture's own head (BERT: its pooler on [CLS])
-            "precision": "fp32",  # the weights; inference runs in fp32 unless told otherwise
+            # the weights are fp32 whatever the training's autocast was; inference runs in fp32 unless told otherwise
+            "precision": "fp32",
+            "precision_probe": {**probe, "autocast": precision}
+            if (probe := precision_probe(params.precision, device))
+            else None,
             "num_labels": len(label_names),
             "label_names": label_names,
             "validation": {"accuracy": best["validation_accuracy"], "loss": best["validation_loss"]},

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bench import __main__ as bench
-from bench.readme import END, START
+from bench.readme import END, START, table
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,9 @@ def smoke(tmp_path_factory):
         "encoder_speed",
         "classic",
         "precision",
-        "finetune_cost",
+        "finetune_levers",
+        "finetune_memory",
+        "finetune_epochs",
         "--results",
         str(folder / "results.json"),
     ]
@@ -32,7 +34,14 @@ def smoke(tmp_path_factory):
 
 def test_every_measurement_asked_for_gives_rows_with_numbers(smoke):
     results, _ = smoke
-    assert list(results["measurements"]) == ["encoder_speed", "classic", "precision", "finetune_cost"]
+    assert list(results["measurements"]) == [
+        "encoder_speed",
+        "classic",
+        "precision",
+        "finetune_levers",
+        "finetune_memory",
+        "finetune_epochs",
+    ]
     for rows in results["measurements"].values():
         assert rows and all(isinstance(row["value"], float) and row["value"] == row["value"] for row in rows)
     speed = {row["measurement"].split(":")[0]: row["value"] for row in results["measurements"]["encoder_speed"]}
@@ -51,3 +60,19 @@ def test_the_readme_table_is_regenerated_between_the_markers(smoke):
 def test_adding_a_measurement_is_one_name_in_the_runner():
     for name in bench.MEASUREMENTS:
         assert callable(__import__(f"bench.{name}", fromlist=["measure"]).measure)
+
+
+def test_a_partial_run_merges_into_the_results_and_the_table_says_which_run_each_came_from():
+    def results(command, date, load, measurements):
+        machine = {"cpu": "CPU", "cores": 2, "torch": "2", "load_average_at_start": load}
+        return {"command": command, "date": date, "machine": machine, "measurements": measurements, "wall_seconds": 1}
+
+    row = {"measurement": "m", "shown": "1.0 s", "note": ""}
+    earlier = results("python -m bench", "2026-01-01", 0.5, {"classic": [row], "finetune_cost": [row]})
+    latest = results("python -m bench --only precision", "2026-02-02", 3.0, {"precision": [row]})
+    both = bench.merged(earlier, latest)
+    assert list(both["measurements"]) == ["classic", "precision"]  # the runner's order; a dropped module goes
+    assert both["runs"]["classic"].startswith("`python -m bench`, 2026-01-01, load average 0.5")
+    assert both["runs"]["precision"].startswith("`python -m bench --only precision`, 2026-02-02, load average 3.0")
+    shown = table(both)
+    assert "- precision: `python -m bench --only precision`, 2026-02-02" in shown

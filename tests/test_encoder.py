@@ -8,8 +8,9 @@ from transformers import AutoModel
 from stages.tokenize import check_max_length, length_report, unknown_fraction
 from tests.fixtures import reviews
 from zh_sentiment import encoder
-from zh_sentiment.encoder import choose_precision, embed, encode_texts, load_tokenizer, pool
+from zh_sentiment.encoder import embed, encode_texts, load_tokenizer, pool
 from zh_sentiment.errors import PipelineError
+from zh_sentiment.precision import choose_precision
 
 
 def test_cls_pooling_takes_the_first_token():
@@ -22,12 +23,6 @@ def test_mean_pooling_averages_real_tokens_only():
     hidden = torch.tensor([[[1.0], [3.0], [100.0]], [[2.0], [4.0], [6.0]]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     assert pool(hidden, mask, "mean").flatten().tolist() == [2.0, 4.0]
-
-
-@pytest.mark.parametrize(("amx", "expected"), [(True, "bf16"), (False, "fp32")])
-def test_auto_precision_on_cpu_takes_bf16_only_with_amx(monkeypatch, amx, expected):
-    monkeypatch.setattr(encoder, "cpu_has_fast_bf16", lambda: amx)
-    assert choose_precision("auto", torch.device("cpu")) == expected
 
 
 def test_auto_precision_on_cuda_prefers_bf16_then_fp16(monkeypatch):

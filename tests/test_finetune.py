@@ -1,5 +1,6 @@
-"""Fine-tuning: cached states train exactly like the whole model with its lower layers frozen;
-several processes learn what one does; predict picks the fine-tuned model."""
+"""Fine-tuning: cached states train exactly like the whole model with its lower layers frozen; micro-batches
+under the token budget give the step the whole batch gives; several processes learn what one does; a diverging
+run stops with a message; predict picks the fine-tuned model."""
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from tests.conftest import ROOT
 from tests.fixtures import reviews, write_tiny_bert
 from zh_sentiment.encoder import embed, encode_texts, load_encoder, load_tokenizer
 from zh_sentiment.errors import PipelineError
-from zh_sentiment.finetune import FineTuned, Tokens, fit
+from zh_sentiment.finetune import FineTuned, Tokens, fit, micro_batches
 from zh_sentiment.params import Finetune, load_params
 from zh_sentiment.states import CachedStates, first_trained_layer, save_states
 
@@ -21,6 +22,7 @@ PARAMS = {
     "epochs": 2,
     "batch_size": 8,
     "grad_accum": 2,
+    "max_batch_tokens": 4096,
     "lr": 0.001,
     "warmup_ratio": 0.1,
     "weight_decay": 0.01,
@@ -29,6 +31,7 @@ PARAMS = {
     "seed": 0,
     "device": "cpu",
     "processes": 1,
+    "precision": "fp32",
 }
 
 
@@ -84,6 +87,75 @@ def test_cached_states_train_like_the_whole_model_with_frozen_lower_layers(tiny_
     wrong_gap = max(abs(a[key] - b[key]) for a, b in zip(whole, wrong) for key in keys)
     print(f"largest difference with the states of one layer too low: {wrong_gap:.2e}")
     assert wrong_gap > 1e-3
+
+
+def one_step(tiny_bert, split, start, **changes) -> dict[str, torch.Tensor]:
+    """The weights after one optimizer step over the whole split (one batch), dropout off so runs compare."""
+    torch.manual_seed(0)
+    model = FineTuned(load_encoder(str(tiny_bert), torch.device("cpu"), "fp32"), 2, "mean", start)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    params = Finetune(**{**PARAMS, "epochs": 1, "batch_size": len(split), "grad_accum": 1, **changes})
+    state, _, _ = fit(model, split, split, params, torch.device("cpu"))
+    return state
+
+
+@pytest.mark.parametrize("layers", [1, "all"])
+def test_micro_batches_under_the_token_budget_give_the_unsplit_step(tiny_bert, tmp_path, layers):
+    split = tokens_file(tiny_bert, tmp_path, "train", 24, 3)
+    start = first_trained_layer(layers, 2)
+    if start is not None:
+        split = states_file(tiny_bert, tmp_path, split, "states", start)
+    budget = int(split.lengths.max())  # the longest review alone: many micro-batches of unequal sizes
+    runs = micro_batches(torch.arange(len(split)), split.lengths, budget)
+    assert len(runs) > 3 and len({len(run) for run in runs}) > 1
+    assert all(len(run) * int(split.lengths[run].max()) <= budget for run in runs)
+    assert sorted(torch.cat(runs).tolist()) == list(range(len(split)))
+
+    torch.manual_seed(0)
+    before = FineTuned(load_encoder(str(tiny_bert), torch.device("cpu"), "fp32"), 2, "mean", start).state_dict()
+    whole = one_step(tiny_bert, split, start, max_batch_tokens=len(split) * budget)
+    cut = one_step(tiny_bert, split, start, max_batch_tokens=budget)
+    gap = max((whole[key] - cut[key]).abs().max().item() for key in whole)
+    moved = max((whole[key] - before[key]).abs().max().item() for key in whole)
+    print(f"one step: weights moved up to {moved:.1e}; split and unsplit differ by up to {gap:.1e}")
+    assert moved > 1e-4  # the step did move the weights
+    assert gap <= 1e-5
+
+
+def test_cached_state_batches_are_padded_with_zeros_and_masked(tiny_bert, tmp_path):
+    split = tokens_file(tiny_bert, tmp_path, "train", 12, 4)
+    cached = states_file(tiny_bert, tmp_path, split, "states", 1)
+    index = torch.tensor([5, 0, 11, 3])
+    batch = cached.batch(index)
+    width = int(split.lengths[index].max())
+    assert batch["states"].shape == (4, width, cached.states.shape[1]) and batch["states"].dtype == torch.float32
+    for row, review in enumerate(index.tolist()):
+        n, start = int(cached.lengths[review]), int(cached.offsets[review])
+        assert torch.equal(batch["states"][row, :n], cached.states[start : start + n].float())
+        assert not batch["states"][row, n:].any()
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
+
+
+def test_a_token_budget_below_the_longest_review_stops_before_training(tiny_bert, tmp_path):
+    split = tokens_file(tiny_bert, tmp_path, "train", 16, 5)
+    longest = int(split.lengths.max())
+    model = FineTuned(load_encoder(str(tiny_bert), torch.device("cpu"), "fp32"), 2, "cls", None)
+    params = Finetune(**{**PARAMS, "max_batch_tokens": longest - 1})
+    with pytest.raises(PipelineError, match=rf"finetune.max_batch_tokens = {longest - 1} .* at least {longest}"):
+        fit(model, split, split, params, torch.device("cpu"))
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss(tiny_bert, tmp_path):
+    split = tokens_file(tiny_bert, tmp_path, "train", 16, 6)
+    model = FineTuned(load_encoder(str(tiny_bert), torch.device("cpu"), "fp32"), 2, "cls", None)
+    with torch.no_grad():
+        model.head.weight.fill_(float("inf"))  # the first forward pass gives non-finite logits
+    params = Finetune(**{**PARAMS, "batch_size": 4})
+    names = r"epoch 1, step 1 .* finetune.lr .* finetune.warmup_ratio .* finetune.max_grad_norm"
+    with pytest.raises(PipelineError, match=names):
+        fit(model, split, split, params, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("value", [0, "top", 1.5, "2"])

@@ -152,29 +152,6 @@ def choose_device(requested: str, source: str = "embed.device") -> torch.device:
     return torch.device("cpu")
 
 
-def cpu_has_fast_bf16() -> bool:
-    # With AMX tiles a CPU runs bf16 matmuls several times faster than fp32. Without them it depends
-    # on the CPU: with torch 2.13 on 2-core AMD EPYC machines, bf16 ran about 2x faster than fp32 on
-    # one with AVX512-BF16 and about 8x slower on one with AVX2 only. So `auto` keeps the fp32
-    # reference there and bf16 stays an opt-in.
-    return torch.cpu._is_amx_tile_supported()
-
-
-def choose_precision(requested: str, device: torch.device, source: str = "embed") -> str:
-    """`source` names the settings in messages: "embed" (the params) or "predict" (its options)."""
-    if requested == "int8" and device.type != "cpu":
-        if source == "predict":
-            raise PipelineError("predict: int8 (dynamic quantization) runs on the CPU only; use --device cpu.")
-        raise PipelineError("embed.precision int8 (dynamic quantization) runs on the CPU only; set embed.device: cpu.")
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return "bf16"
-    return "fp32"
-
-
 def load_pretrained(name: str, source: str = "model.name", auto_class=AutoModel, **kwargs) -> torch.nn.Module:
     """`auto_class.from_pretrained(name)` in fp32 with SDPA attention, never running code from the folder;
     a truncated or corrupt weights file, or a hub failure, becomes one clear message."""

@@ -26,7 +26,6 @@ from zh_sentiment.classifier import load_head, weights_folder
 from zh_sentiment.encoder import (
     TOKEN_INPUTS,
     choose_device,
-    choose_precision,
     encode_texts,
     forward_inputs,
     load_classification_model,
@@ -45,6 +44,7 @@ from zh_sentiment.model_folder import (
     read_info,
 )
 from zh_sentiment.paths import INFO_FILE, MODELS_DIR, model_metrics
+from zh_sentiment.precision import choose_precision
 from zh_sentiment.text import normalize_text
 
 __all__ = ["MODEL_NAMES", "Classifier", "Note", "choose_model", "load_model"]

@@ -115,6 +115,7 @@ class Finetune(Section):
     epochs: PositiveInt
     batch_size: PositiveInt  # reviews per forward pass, over all processes together
     grad_accum: PositiveInt  # batches per optimizer step
+    max_batch_tokens: PositiveInt  # padded tokens per forward pass: a batch is cut into micro-batches under it
     lr: Annotated[float, Field(gt=0)]
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)]
     weight_decay: Annotated[float, Field(ge=0)]
@@ -123,6 +124,7 @@ class Finetune(Section):
     seed: int
     device: Annotated[str, Field(pattern=DEVICE_PATTERN)]
     processes: PositiveInt  # data-parallel processes dvc.yaml starts with torchrun
+    precision: Literal["auto", "fp32", "bf16"]  # bf16: autocast, the weights stay fp32
 
     @field_validator("layers", mode="before")
     @classmethod

@@ -45,11 +45,13 @@ class CachedStates:
         return len(self.labels)
 
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        width = int(self.lengths[index].max())
-        states = torch.zeros(len(index), width, self.states.shape[1])
-        mask = torch.zeros(len(index), width, dtype=torch.long)
-        for row, review in enumerate(index.tolist()):
-            start, end = self.offsets[review], self.offsets[review + 1]
-            states[row, : end - start] = self.states[start:end]
-            mask[row, : end - start] = 1
-        return {"states": states, "attention_mask": mask}
+        """The reviews `index` padded to the longest of them (fp32 states, zeros after each review's end).
+
+        One gather for the whole batch: row r, position t reads the stored row offsets[r] + t."""
+        lengths = self.lengths[index]
+        positions = torch.arange(int(lengths.max()))
+        mask = positions < lengths[:, None]
+        rows = (self.offsets[index][:, None] + positions).masked_fill_(~mask, 0)
+        states = self.states.index_select(0, rows.flatten()).view(*rows.shape, -1)  # faster than self.states[rows]
+        states = states.float().masked_fill_(~mask[..., None], 0.0)
+        return {"states": states, "attention_mask": mask.long()}
