@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 from transformers import BertForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 
 from bench.common import CPU, Row, Setup, take
-from zh_sentiment.encoder import embed, load_encoder
-from zh_sentiment.finetune import FineTuned, Tokens, choose_autocast, fit, log_probabilities
+from zh_sentiment.encoder import embed
+from zh_sentiment.finetune import FineTuned, Tokens, choose_autocast, fit, log_probabilities, starting_model
 from zh_sentiment.states import STATES_DTYPE, CachedStates, first_trained_layer, save_states
 
 REVIEWS = 256
@@ -48,9 +48,8 @@ def ours(setup: Setup, layers, train, validation, batch_size: int, precision: st
         update={"layers": layers, "epochs": 1, "batch_size": batch_size, "grad_accum": 1, "patience": 1}
     )
     started = time.perf_counter()
-    encoder = load_encoder(str(setup.model_dir), CPU, "fp32")
-    torch.manual_seed(0)
-    model = FineTuned(encoder, 2, "cls", first_trained_layer(layers, encoder.config.num_hidden_layers))
+    classifier = starting_model(str(setup.model_dir), ["negative", "positive"], seed=0)
+    model = FineTuned(classifier, first_trained_layer(layers, classifier.config.num_hidden_layers))
     loaded = time.perf_counter()
     fit(model, train, validation, params, CPU, precision=precision)
     return loaded - started, time.perf_counter() - loaded, model

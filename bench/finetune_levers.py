@@ -11,9 +11,8 @@ Full scale (bert-base shape): about 3 min on an idle 2-core CPU.
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.common import CPU, Row, Setup, best_seconds
-from zh_sentiment.encoder import load_encoder
-from zh_sentiment.finetune import FineTuned
+from bench.common import Row, Setup, best_seconds
+from zh_sentiment.finetune import FineTuned, starting_model
 from zh_sentiment.states import CachedStates, save_states
 
 
@@ -41,8 +40,8 @@ def step(model, batch) -> None:
 
 
 def measure(setup: Setup) -> list[Row]:
-    encoder = load_encoder(str(setup.model_dir), CPU, "fp32")
-    model = FineTuned(encoder, 2, "cls", None).train()
+    model = FineTuned(starting_model(str(setup.model_dir), ["negative", "positive"], seed=0), None).train()
+    encoder = model.model.base_model
     weights = [p for p in model.parameters() if p.requires_grad]
     for p in weights:
         p.grad = torch.randn_like(p) * 1e-3

@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 from transformers.utils import logging as transformers_logging
 
-from zh_sentiment.encoder import choose_device, load_classification_model, load_tokenizer, use_all_cores
+from zh_sentiment.encoder import choose_device, load_tokenizer, use_all_cores
 from zh_sentiment.errors import PipelineError, run
-from zh_sentiment.finetune import FineTuned, Tokens, choose_autocast, fit, log_probabilities
+from zh_sentiment.finetune import FineTuned, Tokens, choose_autocast, fit, log_probabilities, starting_model
 from zh_sentiment.model_folder import SELF, describe, non_finite_weights, write_info
 from zh_sentiment.outputs import atomic_dir
 from zh_sentiment.params import load_params
@@ -71,13 +71,6 @@ def load_split(split: str, start: int | None, layers) -> CachedStates | Tokens:
             "run `dvc repro` (embed writes them)."
         )
     return CachedStates(STATES_DIR / f"{split}.safetensors")
-
-
-def starting_model(name: str, label_names: list[str], seed: int) -> torch.nn.Module:
-    """The encoder's weights with a new classification head; seeded first, so that the new weights (the head's,
-    and a pooler's that the checkpoint lacks) are the same in every process and every run."""
-    torch.manual_seed(seed)
-    return load_classification_model(name, label_names)
 
 
 def check_finite(model: torch.nn.Module, probabilities: torch.Tensor) -> None:

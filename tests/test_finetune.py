@@ -2,18 +2,19 @@
 under the token budget give the step the whole batch gives; several processes learn what one does; a diverging
 run stops with a message; predict picks the fine-tuned model."""
 
+import sys
+
 import pytest
 import torch
 import yaml
 from safetensors.torch import save_file
 from transformers import BertConfig, BertModel
 
-from stages.finetune import starting_model
 from tests.conftest import ROOT
 from tests.fixtures import reviews, write_tiny_bert
 from zh_sentiment.encoder import embed, encode_texts, load_encoder, load_tokenizer
 from zh_sentiment.errors import PipelineError
-from zh_sentiment.finetune import FineTuned, Tokens, fit, micro_batches
+from zh_sentiment.finetune import FineTuned, Tokens, fit, micro_batches, starting_model
 from zh_sentiment.params import Finetune, load_params
 from zh_sentiment.states import CachedStates, first_trained_layer, save_states
 
@@ -91,8 +92,7 @@ def test_cached_states_train_like_the_whole_model_with_frozen_lower_layers(tiny_
 
 def one_step(tiny_bert, split, start, **changes) -> dict[str, torch.Tensor]:
     """The weights after one optimizer step over the whole split (one batch), dropout off so runs compare."""
-    torch.manual_seed(0)
-    model = FineTuned(load_encoder(str(tiny_bert), torch.device("cpu"), "fp32"), 2, "mean", start)
+    model = FineTuned(starting_model(str(tiny_bert), ["negative", "positive"], seed=0), start)
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -113,8 +113,7 @@ def test_micro_batches_under_the_token_budget_give_the_unsplit_step(tiny_bert, t
     assert all(len(run) * int(split.lengths[run].max()) <= budget for run in runs)
     assert sorted(torch.cat(runs).tolist()) == list(range(len(split)))
 
-    torch.manual_seed(0)
-    before = FineTuned(load_encoder(str(tiny_bert), torch.device("cpu"), "fp32"), 2, "mean", start).state_dict()
+    before = FineTuned(starting_model(str(tiny_bert), ["negative", "positive"], seed=0), start).state_dict()
     whole = one_step(tiny_bert, split, start, max_batch_tokens=len(split) * budget)
     cut = one_step(tiny_bert, split, start, max_batch_tokens=budget)
     gap = max((whole[key] - cut[key]).abs().max().item() for key in whole)
@@ -141,7 +140,7 @@ def test_cached_state_batches_are_padded_with_zeros_and_masked(tiny_bert, tmp_pa
 def test_a_token_budget_below_the_longest_review_stops_before_training(tiny_bert, tmp_path):
     split = tokens_file(tiny_bert, tmp_path, "train", 16, 5)
     longest = int(split.lengths.max())
-    model = FineTuned(load_encoder(str(tiny_bert), torch.device("cpu"), "fp32"), 2, "cls", None)
+    model = FineTuned(starting_model(str(tiny_bert), ["negative", "positive"], seed=0), None)
     params = Finetune(**{**PARAMS, "max_batch_tokens": longest - 1})
     with pytest.raises(PipelineError, match=rf"finetune.max_batch_tokens = {longest - 1} .* at least {longest}"):
         fit(model, split, split, params, torch.device("cpu"))
@@ -149,9 +148,9 @@ def test_a_token_budget_below_the_longest_review_stops_before_training(tiny_bert
 
 def test_a_diverging_run_stops_at_the_first_non_finite_loss(tiny_bert, tmp_path):
     split = tokens_file(tiny_bert, tmp_path, "train", 16, 6)
-    model = FineTuned(load_encoder(str(tiny_bert), torch.device("cpu"), "fp32"), 2, "cls", None)
+    model = FineTuned(starting_model(str(tiny_bert), ["negative", "positive"], seed=0), None)
     with torch.no_grad():
-        model.head.weight.fill_(float("inf"))  # the first forward pass gives non-finite logits
+        model.model.classifier.weight.fill_(float("inf"))  # the first forward pass gives non-finite logits
     params = Finetune(**{**PARAMS, "batch_size": 4})
     names = r"epoch 1, step 1 .* finetune.lr .* finetune.warmup_ratio .* finetune.max_grad_norm"
     with pytest.raises(PipelineError, match=names):
@@ -199,3 +198,14 @@ def test_the_starting_model_is_the_same_in_every_run_also_without_pooler_weights
     assert all(torch.equal(first[key], second[key]) for key in first)
     other = starting_model(str(folder), ["negative", "positive"], seed=4).state_dict()
     assert not torch.equal(first["bert.pooler.dense.weight"], other["bert.pooler.dense.weight"])
+
+
+def test_a_diverged_run_leaves_no_model_and_predict_never_serves_one(trained_project, tmp_path):
+    project = trained_project.copy(tmp_path / "diverged")
+    project.set_params({"finetune.lr": 1000000.0})
+    result = project.dvc("repro", check=False)
+    assert result.returncode != 0
+    assert "finetune.lr" in result.stderr and "finetune.max_grad_norm" in result.stderr
+    assert not (project.path / "models/finetuned").exists()
+    predicted = project.run(sys.executable, "-m", "zh_sentiment", "predict", "前台很热情，房间干净舒服，很满意推荐")
+    assert "nan" not in predicted.stdout and "(finetuned)" not in predicted.stderr

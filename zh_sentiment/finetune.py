@@ -26,7 +26,7 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.masking_utils import create_bidirectional_mask
 
-from zh_sentiment.encoder import TOKEN_INPUTS
+from zh_sentiment.encoder import TOKEN_INPUTS, load_classification_model
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.params import Finetune
 from zh_sentiment.precision import cpu_has_fast_bf16
@@ -134,6 +134,13 @@ class FineTuned(torch.nn.Module):
             hidden = layer(hidden, mask)
         # BertForSequenceClassification.forward from here: pooler, dropout, classifier
         return self.model.classifier(self.model.dropout(base.pooler(hidden)))
+
+
+def starting_model(name: str, label_names: list[str], seed: int) -> torch.nn.Module:
+    """The encoder's weights with a new classification head; seeded first, so that the new weights (the head's,
+    and a pooler's that the checkpoint lacks) are the same in every process and every run."""
+    torch.manual_seed(seed)
+    return load_classification_model(name, label_names)
 
 
 def make_optimizer(model: torch.nn.Module, params: Finetune) -> torch.optim.AdamW:
