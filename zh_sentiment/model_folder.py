@@ -128,12 +128,19 @@ def describe(kind: str, info: dict, folder: Path, extra: tuple[str, ...] = (), e
     encoder_files = shaping_files(encoder) if encoder is not None else None
     record = {
         **info,
+        # 6 digits, as the metrics files: float32 noise in the last places says nothing
+        "validation": rounded(info["validation"]),
+        "test": rounded(info["test"]) if info["test"] is not None else None,
         "kind": kind,
         "files": files,
         "encoder_files": encoder_files,
         "fingerprint": combined_fingerprint(files, encoder_files),
     }
     return validate_info(record, folder / INFO_FILE)
+
+
+def rounded(metrics: dict) -> dict:
+    return {key: round(value, 6) if isinstance(value, float) else value for key, value in metrics.items()}
 
 
 def write_info(folder: Path, record: dict) -> None:
