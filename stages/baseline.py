@@ -17,12 +17,12 @@ import pandas as pd
 from joblib import Parallel, delayed
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from tqdm import tqdm
 
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import Baseline, load_params
 from zh_sentiment.paths import CLEAN_DIR, LABELS_FILE, SPLITS, model_reports
+from zh_sentiment.progress import tqdm
 from zh_sentiment.report import write_test_report
 
 BASELINE = "baseline"

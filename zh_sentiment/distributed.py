@@ -32,6 +32,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch.distributed as dist
+from tqdm.std import tqdm
 
 from zh_sentiment.errors import PipelineError
 
@@ -132,6 +133,9 @@ def first_failure(workers: list) -> int | None:
 def worker(train: Callable[[int, int], None], rank: int, world: int, port: int, reports: str) -> None:
     """One process of the run: train, and on failure leave a report (what kind, what message) for the launcher."""
     die_with_parent()
+    # tqdm's default lock is a named semaphore: one left by a killed process makes the launcher's
+    # resource tracker warn after the run's message. The bars never span processes: a thread lock does.
+    tqdm.set_lock(threading.RLock())
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
@@ -145,18 +149,24 @@ def worker(train: Callable[[int, int], None], rank: int, world: int, port: int, 
         return
     except PipelineError as err:
         report = {"kind": "error", "message": str(err)}
-    except dist.DistError as err:  # a collective that timed out, or a peer that went away
-        text = str(err)
-        report = {"kind": "timeout" if "timed out" in text.lower() or "timeout" in text.lower() else "peer"}
-        report["message"] = text.splitlines()[0] if text else type(err).__name__
+    except RuntimeError as err:
+        report = {"kind": collective_failure(err) or "crash", "message": traceback.format_exc()}
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal's group: exit quietly
         os._exit(130)
     except BaseException:  # a bug: its traceback is the report
         report = {"kind": "crash", "message": traceback.format_exc()}
     Path(reports, f"{rank}.json").write_text(json.dumps(report), encoding="utf-8")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)  # no interpreter shutdown: a process group or a CUDA context may hang in it
+    sys.exit(1)
+
+
+def collective_failure(err: RuntimeError) -> str | None:
+    """ "timeout" for a collective that waited finetune.timeout_seconds, "peer" for a process that went away.
+
+    gloo and nccl raise RuntimeError (or torch's DistError, a subclass) with only the message to tell."""
+    text = str(err).lower()
+    if isinstance(err, dist.DistError) or "gloo" in text or "nccl" in text:
+        return "timeout" if "timed out" in text or "timeout" in text else "peer"
+    return None
 
 
 def join_group(backend: str, rank: int, world: int, timeout_seconds: int) -> None:
@@ -191,7 +201,9 @@ def explain(report: dict[int, dict], workers: list, failed: int, still_running: 
         raise PipelineError(f"finetune: process {rank} of {world} {how}{hint}; the run stopped and wrote nothing.")
     timed_out = [rank for rank in sorted(report) if report[rank]["kind"] == "timeout"]
     if timed_out:
-        stalled = still_running or [rank for rank in range(world) if rank not in timed_out]
+        stalled = [rank for rank in still_running if rank not in report] or [
+            rank for rank in range(world) if rank not in timed_out
+        ]
         raise PipelineError(
             f"finetune: process {', '.join(map(str, stalled))} of {world} stopped answering: process(es) "
             f"{', '.join(map(str, timed_out))} waited finetune.timeout_seconds = {timeout} s for it in a collective "

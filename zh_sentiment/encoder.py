@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from tqdm import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.paths import WEIGHT_FILES, must_be_local
+from zh_sentiment.progress import tqdm
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a BERT-like forward may take
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")

@@ -17,13 +17,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.masking_utils import create_bidirectional_mask
 
 from zh_sentiment.encoder import TOKEN_INPUTS, pool
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.params import Finetune
+from zh_sentiment.progress import tqdm
 
 GROUP = 50  # length grouping: reviews are sorted by length within runs of GROUP batches
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 from transformers.utils import logging as transformers_logging
 
 from zh_sentiment.classifier import check_encoder, encoder_location, load_classifier
@@ -35,6 +34,7 @@ from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import Embed, check_value
 from zh_sentiment.paths import FINETUNED, FROZEN_HEAD, INFO_FILE, model_dir
+from zh_sentiment.progress import tqdm
 from zh_sentiment.tables import codec_for, read_table, require_columns
 from zh_sentiment.text import normalize_text
 
