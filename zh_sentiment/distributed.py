@@ -198,21 +198,24 @@ def explain(report: dict[int, dict], workers: list, failed: int, still_running: 
         code = workers[rank].exitcode
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         hint = " (the kernel's out-of-memory killer sends SIGKILL: see `dmesg`)" if code == -signal.SIGKILL else ""
-        raise PipelineError(f"finetune: process {rank} of {world} {how}{hint}; the run stopped and wrote nothing.")
+        raise PipelineError(
+            f"finetune: process {rank} (pid {workers[rank].pid}) of {world} {how}{hint}; the run stopped."
+        )
     timed_out = [rank for rank in sorted(report) if report[rank]["kind"] == "timeout"]
     if timed_out:
         stalled = [rank for rank in still_running if rank not in report] or [
             rank for rank in range(world) if rank not in timed_out
         ]
+        named = ", ".join(f"{rank} (pid {workers[rank].pid})" for rank in stalled)
         raise PipelineError(
-            f"finetune: process {', '.join(map(str, stalled))} of {world} stopped answering: process(es) "
+            f"finetune: process {named} of {world} stopped answering: process(es) "
             f"{', '.join(map(str, timed_out))} waited finetune.timeout_seconds = {timeout} s for it in a collective "
-            "and the run stopped, writing nothing. Was it stopped (kill -STOP), swapped out or starved of CPU? "
+            "and the run stopped. Was it stopped (kill -STOP), swapped out or starved of CPU? "
             "If a process legitimately needs longer between steps, raise finetune.timeout_seconds."
         )
     crashed = [rank for rank in sorted(report) if report[rank]["kind"] == "crash"]
     if crashed:  # not a user error: show the bug's traceback, once
         print(f"finetune: process {crashed[0]} of {world} failed:\n{report[crashed[0]]['message']}", file=sys.stderr)
         sys.exit(1)
-    first = report.get(failed, {}).get("message", f"exit code {workers[failed].exitcode}")
-    raise PipelineError(f"finetune: process {failed} of {world} failed ({first}); the run stopped.")
+    last = report.get(failed, {}).get("message", f"exit code {workers[failed].exitcode}").strip().splitlines()[-1]
+    raise PipelineError(f"finetune: process {failed} of {world} failed ({last}); the run stopped.")
