@@ -60,7 +60,7 @@ def check_inputs(layers) -> None:
     if layers == "all":
         return
     if not STATES_FILE.is_file():
-        raise PipelineError(f"{STATES_FILE} is missing (embed writes it): run `dvc repro -f embed`.")
+        raise PipelineError(f"{STATES_FILE} is missing (embed writes it): run `dvc repro -f -s embed`.")
     cached = json.loads(STATES_FILE.read_text(encoding="utf-8"))
     if cached["layers"] != layers:
         raise PipelineError(
@@ -68,7 +68,7 @@ def check_inputs(layers) -> None:
             "run `dvc repro` (embed writes them)."
         )
     if "sha256" not in cached:
-        raise PipelineError(f"{STATES_FILE} has no checksums (an older embed wrote it): run `dvc repro -f embed`.")
+        raise PipelineError(f"{STATES_FILE} has no checksums (an older embed wrote it): run `dvc repro -f -s embed`.")
     check_states(STATES_DIR, cached)
 
 

@@ -9,12 +9,12 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from tests.conftest import ROOT
 from tests.fixtures import reviews
 from zh_sentiment.encoder import embed, encode_texts, load_encoder, load_tokenizer
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.finetune import FineTuned, Tokens, fit
 from zh_sentiment.params import Finetune, load_params
+from zh_sentiment.sandbox import pristine_params
 from zh_sentiment.states import CachedStates, first_trained_layer, save_states
 
 PARAMS = {
@@ -30,6 +30,7 @@ PARAMS = {
     "seed": 0,
     "device": "cpu",
     "processes": 1,
+    "timeout_seconds": 600,
 }
 
 
@@ -86,7 +87,7 @@ def test_cached_states_train_like_the_whole_model_with_frozen_lower_layers(tiny_
 
 @pytest.mark.parametrize("value", [0, "top", 1.5, "2"])
 def test_layers_must_be_a_positive_number_or_all(tmp_path, value):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params = pristine_params()
     params["finetune"]["layers"] = value
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     with pytest.raises(PipelineError) as caught:

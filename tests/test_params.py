@@ -5,12 +5,12 @@ import pytest
 from stages import fetch
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.params import load_params
-from zh_sentiment.sandbox import committed_params, edit_params
+from zh_sentiment.sandbox import edit_params, pristine_params
 
 
 def write_params(tmp_path, change) -> object:
-    """The committed params.yaml, changed in place by `change(params)`, in tmp_path."""
-    params = committed_params()
+    """The pristine params.yaml, changed in place by `change(params)`, in tmp_path."""
+    params = pristine_params()
     change(params)
     path = tmp_path / "params.yaml"
     edit_params(path, {}, base=params)

@@ -35,10 +35,18 @@ def processes_in(folder: Path) -> set[int]:
     return found
 
 
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def child_running(parent: int, command: bytes) -> int:
+    """The child of `parent` whose command line has `command` (DVC runs a stage's cmd through the shell)."""
+    return next(pid for pid in children(parent) if command in Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
 def workers_of(launcher: int) -> list[int]:
     """The training processes a launcher started (multiprocessing spawn), in the order it started them."""
-    children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
-    return sorted(int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    return sorted(pid for pid in children(launcher) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes())
 
 
 def wait_until(condition, timeout: float, what: str) -> None:
@@ -96,11 +104,11 @@ def assert_one_message(output: str, message: str) -> None:
 def test_killing_dvc_kills_every_training_process(trained_project, tmp_path):
     project = trained_project.copy(tmp_path / "killed")
     project.set_params({**TRAINING, "finetune.processes": 2})
-    repro = Started(project, sys.executable, "-m", "dvc", "repro", "-f", "finetune")
+    repro = Started(project, sys.executable, "-m", "dvc", "repro", "-f", "-s", "finetune")
     try:
         repro.wait_for("finetune epoch 1")
-        running = processes_in(project.path) - {repro.process.pid}
-        assert len(running) == 3  # the stage (launcher) and its 2 workers
+        launcher = child_running(repro.process.pid, b"stages.finetune")
+        assert len(workers_of(launcher)) == 2
         os.kill(repro.process.pid, signal.SIGKILL)  # dvc only: nothing it could pass on
         repro.process.wait()
         wait_until(lambda: not processes_in(project.path), 10, "every training process died with dvc")

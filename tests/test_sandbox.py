@@ -6,7 +6,7 @@ import subprocess
 import yaml
 
 from tests.conftest import new_project
-from zh_sentiment.sandbox import ROOT, committed_params, ran_stages
+from zh_sentiment.sandbox import ROOT, pristine_params, ran_stages
 
 
 def test_a_copy_leaves_out_untracked_files_and_params_edits_but_keeps_code_edits(tmp_path):
@@ -26,7 +26,7 @@ def test_a_copy_leaves_out_untracked_files_and_params_edits_but_keeps_code_edits
     assert not (project.path / "models-src").exists() and not (project.path / "notes.txt").exists()
     assert not (project.path / "tests").exists()
     params = yaml.safe_load((project.path / "params.yaml").read_text(encoding="utf-8"))
-    assert params["data"]["text_column"] == committed_params(checkout)["data"]["text_column"] != "text_a"
+    assert params["data"]["text_column"] == pristine_params(checkout)["data"]["text_column"] != "text_a"
     assert params["train"]["lr"] == 0.5
     assert (project.path / "stages" / "train.py").read_text(encoding="utf-8").endswith("# an edit not yet committed\n")
     assert project.run("git", "status", "--porcelain").stdout == ""  # all of it committed in the copy

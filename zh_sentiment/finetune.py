@@ -5,7 +5,7 @@ layer L-N never change: embed computes them once (data/states/, real tokens only
 training runs only the top N layers on them, an epoch costing about N/L of a full one.
 With `all` every layer (embeddings included) trains from the tokens in data/tokens/.
 
-Data-parallel over processes started by torchrun: every process sees the same shuffled
+Data-parallel over processes started by zh_sentiment/distributed.py: every process sees the same shuffled
 batches and takes every world-th review of each, DDP averages the gradients, so a step
 is the same step one process would take on the whole batch.
 """

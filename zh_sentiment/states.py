@@ -53,7 +53,7 @@ def check_states(folder: Path, info: dict) -> None:
     for name, expected in info.get("sha256", {}).items():
         path = folder / name
         if not path.is_file():
-            raise PipelineError(f"{path} is missing (embed wrote it): run `dvc repro -f embed` to write it again.")
+            raise PipelineError(f"{path} is missing (embed wrote it): run `dvc repro -f -s embed` to write it again.")
         if sha256(path) != expected:
             raise PipelineError(damaged(path, f"its sha256 is not the one embed recorded in {folder}/states.json"))
 
@@ -65,21 +65,22 @@ def damaged(path: Path, why: str) -> str:
     return (
         f"{path} is damaged: {why}. Do not train on it. With DVC's hardlink cache the file and its object in "
         f".dvc/cache are one file, so `dvc checkout` would bring the damage back: remove both (`rm -f {target}`), "
-        "then run `dvc repro -f embed` to write the states again."
+        "then run `dvc repro -f -s embed` to write the states again."
     )
 
 
-def cache_object(path: Path) -> str | None:
-    """The DVC cache object of `path`, a file in a directory output of dvc.lock (None if not found):
-    the directory's .dir object lists each file's md5, the name of its object."""
+def cache_object(path: Path, root: Path = Path(".")) -> str | None:
+    """The DVC cache object of `path`, a file in a directory output of root/dvc.lock (None if not found):
+    the directory's .dir object lists each file's md5, the name of its object. Relative to `root`."""
+    cache = Path(".dvc/cache/files/md5")
     try:
-        lock = yaml.safe_load(Path("dvc.lock").read_text(encoding="utf-8"))
+        lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8"))
         for stage in lock["stages"].values():
             for out in stage.get("outs", []):
                 if path.parent == Path(out["path"]) and out["md5"].endswith(".dir"):
-                    listing = json.loads(Path(".dvc/cache/files/md5", out["md5"][:2], out["md5"][2:]).read_text())
+                    listing = json.loads((root / cache / out["md5"][:2] / out["md5"][2:]).read_text())
                     md5 = next(entry["md5"] for entry in listing if entry["relpath"] == path.name)
-                    return str(Path(".dvc/cache/files/md5", md5[:2], md5[2:]))
+                    return str(cache / md5[:2] / md5[2:])
     except (OSError, KeyError, TypeError, StopIteration, ValueError, yaml.YAMLError):
         return None
     return None
@@ -91,7 +92,7 @@ class CachedStates:
     def __init__(self, path):
         path = Path(path)
         if not path.is_file():
-            raise PipelineError(f"{path} is missing (embed writes it): run `dvc repro -f embed` to write it again.")
+            raise PipelineError(f"{path} is missing (embed writes it): run `dvc repro -f -s embed` to write it again.")
         try:
             tensors = load_file(path)
         except SafetensorError as err:  # truncated or overwritten: the header or the sizes do not add up
