@@ -226,7 +226,7 @@ def describe(error: dict) -> str:
         return f"{key}: missing; add it (see README.md, 'Params')"
     value = error["input"]
     message = error["msg"].removeprefix("Value error, ")
-    if isinstance(value, dict):  # a rule across keys of a section: the message names them
+    if len(error["loc"]) == 1 and isinstance(value, dict):  # a rule across a section's keys: the message names them
         return f"{key}: {message}"
     hint = ""
     if isinstance(value, str) and error["type"] in ("int_type", "float_type"):
