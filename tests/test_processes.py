@@ -145,7 +145,7 @@ def test_an_error_in_every_process_is_one_message(trained_project, tmp_path):
     tokenization.write_text(json.dumps({**info, "model": str(tmp_path / "gone")}), encoding="utf-8")
     result = project.stage("finetune", check=False)
     assert result.returncode == 1
-    assert_one_message(result.stderr + result.stdout, "model folder")
+    assert_one_message(result.stderr + result.stdout, "model.name: model folder")
     assert str(tmp_path / "gone") in result.stderr
 
 
