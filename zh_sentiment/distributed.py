@@ -136,7 +136,7 @@ def worker(train: Callable[[int, int], None], rank: int, world: int, port: int, 
     # tqdm's default lock is a named semaphore: one left by a killed process makes the launcher's
     # resource tracker warn after the run's message. The bars never span processes: a thread lock does.
     tqdm.set_lock(threading.RLock())
-    os.environ.update(
+    os.environ.update(  # what torchrun sets, for the libraries that look (join_group reads MASTER_*)
         RANK=str(rank),
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
@@ -160,9 +160,9 @@ def worker(train: Callable[[int, int], None], rank: int, world: int, port: int, 
 
 
 def collective_failure(err: RuntimeError) -> str | None:
-    """ "timeout" for a collective that waited finetune.timeout_seconds, "peer" for a process that went away.
-
-    gloo and nccl raise RuntimeError (or torch's DistError, a subclass) with only the message to tell."""
+    """What a failed collective says: "timeout" (it waited finetune.timeout_seconds), "peer" (another process
+    went away), or None for any other error. gloo and nccl raise RuntimeError (or DistError, a subclass of it)
+    with only the message to tell them apart."""
     text = str(err).lower()
     if isinstance(err, dist.DistError) or "gloo" in text or "nccl" in text:
         return "timeout" if "timed out" in text or "timeout" in text else "peer"
