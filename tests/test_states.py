@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from zh_sentiment.errors import PipelineError
-from zh_sentiment.states import CachedStates, cache_object, save_states
+from zh_sentiment.states import CachedStates, cache_object, check_states, save_states
 
 STATES = "data/states/train.safetensors"
 
@@ -57,10 +57,12 @@ def test_damaged_states_stop_finetune_with_how_to_rebuild_them(trained_project, 
     assert f"error: {STATES} is damaged" in output and "Traceback" not in output
     assert f"rm -f {STATES} {cached}" in output  # the cache object: the same inode
     assert "`dvc repro -f -s embed`" in output
-    if how == "truncated":  # the advice, followed, gives whole states and a fine-tuned model again
+    if how == "truncated":  # the advice, followed, gives whole states again, in the workspace and the cache
         project.run("rm", "-f", STATES, str(cached))
         project.dvc("repro", "-f", "-s", "embed")
-        assert project.repro() == ["finetune"]
+        info = json.loads((project.path / "data/states/states.json").read_text(encoding="utf-8"))
+        check_states(project.path / "data/states", info)
+        assert hashlib.sha256((project.path / cached).read_bytes()).hexdigest() == info["sha256"]["train.safetensors"]
 
 
 def test_a_missing_states_file_is_named(trained_project, tmp_path):
