@@ -86,6 +86,13 @@ def load_split(split: str, start: int | None, layers) -> CachedStates | Tokens:
     return CachedStates(STATES_DIR / f"{split}.safetensors")
 
 
+def starting_model(name: str, label_names: list[str], seed: int) -> torch.nn.Module:
+    """The encoder's weights with a new classification head; seeded first, so that the new weights (the head's,
+    and a pooler's that the checkpoint lacks) are the same in every process and every run."""
+    torch.manual_seed(seed)
+    return load_classification_model(name, label_names)
+
+
 def check_finite(model: torch.nn.Module, probabilities: torch.Tensor) -> None:
     """A diverged run must leave no model behind: NaN weights would give NaN scores that look like answers."""
     bad = non_finite_weights(model)
@@ -123,8 +130,7 @@ def process_main(rank: int, world: int) -> None:
     device = start_processes(params.device, rank, world, params.timeout_seconds)
     tokenization = json.loads(TOKENIZATION_FILE.read_text(encoding="utf-8"))
     label_names = json.loads(LABELS_FILE.read_text(encoding="utf-8"))["names"]
-    torch.manual_seed(params.seed)  # the new head's (and a missing pooler's) initial weights: the same in every process
-    classifier = load_classification_model(tokenization["model"], label_names)
+    classifier = starting_model(tokenization["model"], label_names, params.seed)
     start = first_trained_layer(params.layers, classifier.config.num_hidden_layers)
     train, validation, test = (load_split(split, start, params.layers) for split in ("train", "validation", "test"))
     model = FineTuned(classifier, start).to(device)

@@ -28,7 +28,7 @@ FIXTURE_PARAMS = {
     "train.batch_size": 32,
     # the tiny BERT has 2 layers: fine-tune the top one, with the larger lr a random-init model needs
     "finetune.layers": 1,
-    "finetune.lr": 0.001,
+    "finetune.lr": 0.002,
     "finetune.batch_size": 16,
 }
 

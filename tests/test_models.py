@@ -1,14 +1,16 @@
-"""Model folders and predict: model.json's schema and encoder fingerprint, precision, damaged files,
-predict's inputs and outputs, the tokenizer's assumptions, and messages that name the right thing.
+"""Model folders and predict: model.json's schema and the fingerprints of every file that shapes a model's
+output, no code from a model folder, precision, damaged files, predict's inputs and outputs, the tokenizer's
+assumptions, and messages that name the right thing.
 
-predict runs in-process (predict.main) on a model folder written by save_classifier around the tiny
-BERT: no `dvc repro` is needed for these.
+predict runs in-process (predict.main) on model folders written around the tiny BERT by the stages' own
+writers (save_frozen_head, stages.finetune.save_model): no `dvc repro` is needed for these.
 """
 
 import errno
 import io
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,30 +18,35 @@ import numpy as np
 import pytest
 import torch
 from safetensors import SafetensorError
-from transformers import AutoModel, BertModel, BertTokenizerFast, DistilBertConfig, DistilBertModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, DistilBertConfig, DistilBertModel
 
+from stages.finetune import save_model
 from tests.fixtures import reviews, write_tiny_bert
-from zh_sentiment import classifier, encoder, predict
-from zh_sentiment.classifier import load_classifier, save_classifier
+from zh_sentiment import classifier, encoder, inference, predict
+from zh_sentiment.classifier import save_frozen_head
 from zh_sentiment.errors import PipelineError
+from zh_sentiment.model_folder import read_info
 from zh_sentiment.outputs import atomic_dir, write_json
 from zh_sentiment.params import load_params
 from zh_sentiment.paths import must_be_local
 from zh_sentiment.report import write_test_report
+from zh_sentiment.sandbox import ROOT, python_first_env
 
 POSITIVE_REVIEW = "前台很热情，房间干净舒服，很满意推荐"
 NEGATIVE_REVIEW = "房间很脏太差，前台冷漠，失望退货"
 
 
-def model_info(encoder_location: str, **changes) -> dict:
+def model_info(encoder_location: str | None, **changes) -> dict:
     info = {
-        "kind": "frozen_head",
         "model": encoder_location,
         "max_length": 64,
         "pooling": "cls",
         "precision": "fp32",
         "num_labels": 2,
         "label_names": ["negative", "positive"],
+        "validation": {"accuracy": 0.5},
+        "test": None,
     }
     return {**info, **changes}
 
@@ -49,14 +56,31 @@ def tiny_model_dir(tiny_bert, tmp_path_factory) -> Path:
     """A frozen_head model folder on the tiny BERT (a random head: these tests are about files, not accuracy)."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("classifier") / "frozen_head"
-    save_classifier(torch.nn.Linear(128, 2), model_info(str(tiny_bert)), folder)
+    save_frozen_head(torch.nn.Linear(128, 2), model_info(str(tiny_bert)), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_finetuned_dir(tiny_bert, tmp_path_factory) -> Path:
+    """A finetuned model folder as the finetune stage writes it (an untrained head: about files, not accuracy)."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("finetuned") / "finetuned"
+    model = encoder.load_classification_model(str(tiny_bert), ["negative", "positive"])
+    info = model_info(".", pooling="model", test={"n": 60, "accuracy": 0.5})
+    save_model(model, encoder.load_tokenizer(str(tiny_bert)), info, folder)
     return folder
 
 
 @pytest.fixture
 def model_dir(tiny_model_dir, tmp_path) -> Path:
-    """A copy of the model folder to damage."""
+    """A copy of the frozen_head folder to damage."""
     return Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+
+
+@pytest.fixture
+def finetuned_dir(tiny_finetuned_dir, tmp_path) -> Path:
+    """A copy of the finetuned folder to damage."""
+    return Path(shutil.copytree(tiny_finetuned_dir, tmp_path / "finetuned"))
 
 
 def edit_info(folder: Path, **changes) -> None:
@@ -65,6 +89,10 @@ def edit_info(folder: Path, **changes) -> None:
     for key in [key for key, value in changes.items() if value is None]:
         del info[key]
     (folder / "model.json").write_text(json.dumps(info), encoding="utf-8")
+
+
+def edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text(encoding="utf-8")), **changes}), encoding="utf-8")
 
 
 def run_predict(folder: Path, *args: str) -> None:
@@ -77,13 +105,14 @@ def predict_error(folder: Path, *args: str) -> str:
     return str(caught.value)
 
 
-# model.json: one schema, and the encoder's fingerprint
+# model.json: one schema, and the fingerprints of what shapes the output
 
 
-def test_save_classifier_records_kind_and_the_encoder_fingerprint(tiny_model_dir, tiny_bert):
-    info = json.loads((tiny_model_dir / "model.json").read_text(encoding="utf-8"))
-    assert info["kind"] == "frozen_head"
-    assert info["fingerprint"] == classifier.fingerprint(tiny_bert)
+def test_a_frozen_head_folder_records_its_own_and_its_encoders_files(tiny_model_dir, tiny_bert):
+    info = read_info(tiny_model_dir)
+    assert info["kind"] == "frozen_head" and info["validation"] == {"accuracy": 0.5}
+    assert set(info["files"]) == {"head.pt"}
+    assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"} <= set(info["encoder_files"])
     assert info["fingerprint"].startswith("sha256:") and len(info["fingerprint"]) == 7 + 64
 
 
@@ -96,31 +125,34 @@ def test_save_classifier_records_kind_and_the_encoder_fingerprint(tiny_model_dir
         ({"label_names": ["positive", "positive"]}, "not unique"),
         ({"max_length": "64"}, "max_length"),
         ({"fingerprint": None}, "fingerprint"),
+        ({"validation": {"loss": 0.1}}, "validation has no accuracy"),
+        ({"encoder_files": None}, "encoder_files"),
         ({"extra": 1}, "extra"),
     ],
 )
 def test_an_invalid_or_incomplete_model_json_is_refused_naming_the_file_and_key(model_dir, changes, named):
     edit_info(model_dir, **changes)
     with pytest.raises(PipelineError) as caught:
-        load_classifier(model_dir)
+        inference.load_model(model_dir)
     assert str(model_dir / "model.json") in str(caught.value) and named in str(caught.value)
 
 
 def test_model_json_that_is_not_json_is_named(model_dir):
     (model_dir / "model.json").write_text('{"kind": "frozen_head",', encoding="utf-8")
     with pytest.raises(PipelineError, match="model.json is not valid JSON"):
-        load_classifier(model_dir)
+        inference.load_model(model_dir)
 
 
 def test_predict_refuses_an_encoder_swapped_for_another_of_the_same_shape(model_dir, tmp_path):
     other = write_tiny_bert(tmp_path / "other-bert", seed=1)
     edit_info(model_dir, model=str(other))
     message = predict_error(model_dir, POSITIVE_REVIEW)
-    assert "not the one this head was trained on" in message and str(other) in message
+    assert f"the encoder {other} is not what this model was trained with" in message
+    assert "model.safetensors changed" in message
 
 
-def test_a_hub_id_is_fingerprinted_in_the_cache_it_resolved_to(tiny_bert, tmp_path, monkeypatch):
-    """A hub id's weights are those of its cached snapshot (here a hand-made cache: no network)."""
+def test_a_hub_id_resolves_to_the_cache_it_was_loaded_from(tiny_bert, tmp_path, monkeypatch):
+    """A hub id's files are those of its cached snapshot (here a hand-made cache: no network)."""
     import huggingface_hub.constants
 
     repo = tmp_path / "hub" / "models--owner--tiny"
@@ -130,25 +162,114 @@ def test_a_hub_id_is_fingerprinted_in_the_cache_it_resolved_to(tiny_bert, tmp_pa
     (repo / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert classifier.weights_folder("owner/tiny") == snapshot
-    assert classifier.fingerprint(classifier.weights_folder("owner/tiny")) == classifier.fingerprint(tiny_bert)
 
 
-def test_a_finetuned_folder_holds_its_own_encoder(tiny_bert, tmp_path, capsys):
-    """model "." is the model folder itself: the encoder and tokenizer saved there, head.pt and model.json added."""
-    folder = tmp_path / "finetuned"
-    bert, tokenizer = BertModel.from_pretrained(tiny_bert), BertTokenizerFast.from_pretrained(tiny_bert)
-    save_classifier(torch.nn.Linear(128, 2), model_info(".", kind="finetuned"), folder, bert, tokenizer)
-    assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
-    recorded = json.loads((folder / "model.json").read_text(encoding="utf-8"))["fingerprint"]
-    assert recorded == classifier.fingerprint(tiny_bert)
-    run_predict(folder, POSITIVE_REVIEW)
-    assert capsys.readouterr().out.endswith(f"\t{POSITIVE_REVIEW}\n")
+@pytest.mark.parametrize(
+    ("file", "edit"),
+    [
+        ("config.json", {"hidden_act": "relu"}),
+        ("config.json", {"layer_norm_eps": 10}),
+        ("config.json", {"num_hidden_layers": 1}),
+        ("tokenizer_config.json", {"do_lower_case": True}),
+    ],
+)
+def test_a_frozen_heads_encoder_with_any_shaping_file_changed_is_refused(tiny_bert, tmp_path, file, edit):
+    encoder_copy = Path(shutil.copytree(tiny_bert, tmp_path / "bert"))
+    folder = tmp_path / "frozen_head"
+    save_frozen_head(torch.nn.Linear(128, 2), model_info(str(encoder_copy)), folder)
+    inference.load_model(folder)  # as written: accepted
+    edit_json(encoder_copy / file, **edit)
+    message = predict_error(folder, POSITIVE_REVIEW)
+    assert f"{file} changed since" in message and "train the model again" in message
 
 
-def test_a_head_with_more_rows_than_label_names_is_refused(tiny_bert, tmp_path, model_dir):
-    torch.save({"weight": torch.zeros(3, 128), "bias": torch.zeros(3)}, model_dir / "head.pt")
-    with pytest.raises(PipelineError, match="has 3 output rows but .* names 2 classes"):
-        load_classifier(model_dir)
+def test_a_finetuned_folder_is_a_standard_hugging_face_folder(tiny_finetuned_dir):
+    """AutoModelForSequenceClassification and pipeline() load it with its labels, and agree with predict."""
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_finetuned_dir, trust_remote_code=False)
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert model.config.label2id == {"negative": 0, "positive": 1}
+    texts = reviews(20, seed=7)["text"].tolist()  # some longer than max_length: truncated the same way
+    classify = pipeline("text-classification", model=str(tiny_finetuned_dir), top_k=None, truncation=True)
+    theirs = np.array(
+        [[s["score"] for s in sorted(r, key=lambda s: model.config.label2id[s["label"]])] for r in classify(texts)]
+    )
+    logits, _ = inference.load_model(tiny_finetuned_dir).score(texts)
+    ours = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("file", "edit"),
+    [
+        ("config.json", {"hidden_act": "relu"}),
+        ("config.json", {"layer_norm_eps": 10}),
+        ("config.json", {"num_hidden_layers": 1}),
+    ],
+)
+def test_a_finetuned_folder_with_its_config_edited_is_refused(finetuned_dir, file, edit):
+    edit_json(finetuned_dir / file, **edit)
+    assert f"{file} changed since" in predict_error(finetuned_dir, POSITIVE_REVIEW)
+
+
+def test_a_finetuned_folder_with_shuffled_token_ids_is_refused(finetuned_dir):
+    path = finetuned_dir / "tokenizer.json"
+    tokenizer = json.loads(path.read_text(encoding="utf-8"))
+    vocab = tokenizer["model"]["vocab"]
+    names = list(vocab)
+    tokenizer["model"]["vocab"] = dict(zip(names, reversed(list(vocab.values()))))
+    path.write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    assert "tokenizer.json changed since" in predict_error(finetuned_dir, POSITIVE_REVIEW)
+
+
+def test_a_finetuned_model_with_nan_weights_is_refused(finetuned_dir):
+    """Even with model.json updated to match: a diverged model gives NaN scores that look like answers."""
+    weights = load_file(finetuned_dir / "model.safetensors")
+    weights["classifier.weight"][:] = float("nan")
+    save_file(weights, finetuned_dir / "model.safetensors", metadata={"format": "pt"})
+    info = read_info(finetuned_dir)
+    edit_info(finetuned_dir, files={**info["files"], "model.safetensors": classifier_digest(finetuned_dir)})
+    edit_info(finetuned_dir, fingerprint=info["fingerprint"])
+    assert "weight tensors are NaN or inf (e.g. classifier.weight)" in predict_error(finetuned_dir, POSITIVE_REVIEW)
+
+
+def classifier_digest(folder: Path) -> str:
+    from zh_sentiment.model_folder import sha256
+
+    return sha256(folder / "model.safetensors")
+
+
+# No code from a model folder
+
+
+def write_remote_code(folder: Path) -> Path:
+    """A config that asks transformers to import modeling_evil.py from the folder; the code leaves a mark."""
+    mark = folder / "ran"
+    (folder / "modeling_evil.py").write_text(f"open({str(mark)!r}, 'w').write('ran')\n", encoding="utf-8")
+    edit_json(folder / "config.json", auto_map={"AutoModel": "modeling_evil.EvilModel"})
+    return mark
+
+
+def test_a_model_folder_that_asks_to_run_its_code_is_refused_before_loading(finetuned_dir):
+    mark = write_remote_code(finetuned_dir)
+    result = subprocess.run(
+        [sys.executable, "-m", "zh_sentiment", "predict", "--model-dir", str(finetuned_dir), POSITIVE_REVIEW],
+        input="y\ny\ny\n",  # `yes y | ...`: nothing may ask, so nothing can be answered
+        capture_output=True,
+        text=True,
+        env=python_first_env() | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 1 and not mark.exists()
+    assert "names custom code (auto_map" in result.stderr and "never runs code" in result.stderr
+    assert "Traceback" not in result.stderr and "truncated" not in result.stderr
+
+
+def test_an_encoder_folder_with_python_files_is_refused(tiny_bert, tmp_path):
+    folder = Path(shutil.copytree(tiny_bert, tmp_path / "bert"))
+    (folder / "tokenization_evil.py").write_text("raise SystemExit('ran')\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match="holds Python files \\(tokenization_evil.py\\)"):
+        encoder.load_tokenizer(str(folder))
 
 
 # Damaged files
@@ -165,15 +286,17 @@ def test_a_corrupt_head_is_named_without_inviting_weights_only_false(model_dir, 
     else:
         (model_dir / "head.pt").write_bytes(content)
     with pytest.raises(PipelineError) as caught:
-        load_classifier(model_dir)
+        classifier.load_head(model_dir, read_info(model_dir))
     message = str(caught.value)
     assert str(model_dir / "head.pt") in message and "dvc repro" in message
     assert "weights_only" not in message
+    assert "head.pt changed since" in predict_error(model_dir, POSITIVE_REVIEW)  # predict checks the file first
 
 
-def test_a_head_of_another_width_than_the_encoder_is_named(model_dir):
-    torch.save({"weight": torch.zeros(2, 64), "bias": torch.zeros(2)}, model_dir / "head.pt")
-    assert "takes 64 features but the encoder" in predict_error(model_dir, POSITIVE_REVIEW)
+def test_a_head_with_more_rows_than_label_names_is_refused(model_dir):
+    torch.save({"weight": torch.zeros(3, 128), "bias": torch.zeros(3)}, model_dir / "head.pt")
+    with pytest.raises(PipelineError, match="has 3 output rows but .* names 2 classes"):
+        classifier.load_head(model_dir, read_info(model_dir))
 
 
 @pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
@@ -202,20 +325,20 @@ def test_max_length_above_the_encoders_positions_is_named(model_dir):
 
 def test_predict_takes_the_recorded_precision_and_warns_when_overridden(capsys):
     cpu = torch.device("cpu")
-    assert predict.choose_settings("cpu", None, "bf16") == (cpu, "bf16")
+    assert inference.settings("cpu", None, "bf16") == (cpu, "bf16")
     assert "warning" not in capsys.readouterr().err
-    assert predict.choose_settings("cpu", "fp32", "bf16") == (cpu, "fp32")
+    assert inference.settings("cpu", "fp32", "bf16") == (cpu, "fp32")
     assert "precision fp32 (--precision) differs from the bf16" in capsys.readouterr().err
-    assert predict.choose_settings("auto", None, "int8") == (cpu, "int8")  # int8 runs on the CPU only
+    assert inference.settings("auto", None, "int8") == (cpu, "int8")  # int8 runs on the CPU only
 
 
 def test_predict_in_the_recorded_int8_equals_an_explicit_int8(model_dir):
     edit_info(model_dir, precision="int8")
     texts = [POSITIVE_REVIEW, NEGATIVE_REVIEW]
-    recorded, _ = predict.predict(texts, model_dir, 8, "cpu")
-    explicit, _ = predict.predict(texts, model_dir, 8, "cpu", "int8")
-    fp32, _ = predict.predict(texts, model_dir, 8, "cpu", "fp32")
-    assert torch.equal(recorded, explicit) and not torch.equal(recorded, fp32)
+    recorded, _ = inference.load_model(model_dir, "cpu").score(texts)
+    explicit, _ = inference.load_model(model_dir, "cpu", "int8").score(texts)
+    fp32, _ = inference.load_model(model_dir, "cpu", "fp32").score(texts)
+    assert np.array_equal(recorded, explicit) and not np.array_equal(recorded, fp32)
 
 
 # Single-class splits
@@ -312,7 +435,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_inference(tiny_model
     (tmp_path / "in.csv").write_text(f"text\n{POSITIVE_REVIEW}\n", encoding="utf-8")
     (tmp_path / "a-file").write_text("x")
     output = tmp_path if target == "folder" else tmp_path / "a-file" / "out.csv"
-    monkeypatch.setattr(predict, "predict", lambda *a: pytest.fail("inference ran before the output was checked"))
+    monkeypatch.setattr(predict, "load_model", lambda *a: pytest.fail("the model loaded before the output was checked"))
     message = predict_error(tiny_model_dir, "--input", str(tmp_path / "in.csv"), "--output", str(output))
     assert f"--output {output}" in message
     assert not list(tmp_path.rglob("*.tmp"))

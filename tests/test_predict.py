@@ -4,16 +4,22 @@ zh_sentiment.cli.main runs in this process (what `zh-sentiment predict` runs, le
 of Python); one test runs the real command in a subprocess."""
 
 import io
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from tests.conftest import copy_tree
 from zh_sentiment import cli
+from zh_sentiment.baseline import load_baseline
+from zh_sentiment.errors import PipelineError
+from zh_sentiment.inference import MODEL_NAMES, load_model
 from zh_sentiment.predict import parse_args
 from zh_sentiment.sandbox import ROOT, python_first_env
 
@@ -95,7 +101,7 @@ def test_a_gbk_tsv_file_gets_a_prediction_per_row(trained_project, tmp_path, pre
 
 def test_a_copied_model_folder_works_from_anywhere(trained_project, tmp_path, predict):
     """models/ carries what predict needs; params.yaml is not read."""
-    copy_tree(trained_project.path / "models/frozen_head", tmp_path / "my-model")
+    copy_tree(trained_project.path / "models/finetuned", tmp_path / "my-model")
     result = predict(tmp_path, "--model-dir", "my-model", POSITIVE_REVIEW)
     assert not (tmp_path / "params.yaml").exists()
     assert result.returncode == 0, result.stderr
@@ -105,14 +111,151 @@ def test_a_copied_model_folder_works_from_anywhere(trained_project, tmp_path, pr
 def test_no_trained_model_is_a_clear_error(tmp_path, predict):
     result = predict(tmp_path, POSITIVE_REVIEW)
     assert result.returncode == 1
-    assert "no trained model in models/frozen_head/" in result.stderr and "dvc repro" in result.stderr
+    assert "no trained model in models/ (baseline, frozen_head, finetuned)" in result.stderr
+    assert "dvc repro" in result.stderr
 
 
-def test_a_row_without_text_is_named(trained_project, tmp_path, predict):
+# Which model
+
+
+def set_validation_accuracy(project, accuracies: dict) -> None:
+    for kind, accuracy in accuracies.items():
+        path = project.path / "models" / kind / "model.json"
+        info = json.loads(path.read_text(encoding="utf-8"))
+        info["validation"]["accuracy"] = accuracy
+        path.unlink()  # DVC's outputs are read-only hard links into its cache: replace, never edit in place
+        path.write_text(json.dumps(info), encoding="utf-8")
+
+
+@pytest.mark.parametrize("best", ["baseline", "frozen_head", "finetuned"])
+def test_the_default_model_is_the_best_by_validation_accuracy_never_by_test(trained_project, tmp_path, predict, best):
+    project = trained_project.copy(tmp_path / "project")
+    set_validation_accuracy(project, {kind: 0.9 if kind == best else 0.8 for kind in MODEL_NAMES})
+    info = project.path / "models" / "baseline" / "model.json"  # a test score that must not count
+    raw = json.loads(info.read_text(encoding="utf-8"))
+    raw["test"]["accuracy"] = 1.0 if best != "baseline" else 0.0
+    info.unlink()
+    info.write_text(json.dumps(raw), encoding="utf-8")
+    result = predict(project.path, POSITIVE_REVIEW)
+    assert result.returncode == 0, result.stderr
+    assert f"predict: model models/{best} ({best}): the best validation accuracy" in result.stderr
+    assert f"{best} 0.9000" in result.stderr
+
+
+def test_a_tie_goes_to_the_cheaper_model_and_model_picks_any(trained_project, tmp_path, predict):
+    project = trained_project.copy(tmp_path / "project")
+    set_validation_accuracy(project, {"baseline": 0.9, "frozen_head": 0.9, "finetuned": 0.9})
+    assert "model models/baseline (baseline)" in predict(project.path, POSITIVE_REVIEW).stderr
+    result = predict(project.path, "--model", "finetuned", POSITIVE_REVIEW)
+    assert result.returncode == 0 and "model models/finetuned (finetuned): chosen with --model" in result.stderr
+    assert result.stdout.startswith("positive\t")
+
+
+def test_the_baseline_model_loads_without_pickle_and_refuses_foreign_types(trained_project, tmp_path):
+    import skops.io
+
+    folder = copy_tree(trained_project.path / "models/baseline", tmp_path / "baseline")
+    assert type(load_baseline(folder)).__name__ == "Pipeline"
+    skops.io.dump({"model": Path("anything")}, folder / "model.skops")  # a type skops does not trust
+    with pytest.raises(PipelineError, match="holds types this project does not load"):
+        load_baseline(folder)
+
+
+def test_pipeline_on_the_finetuned_folder_gives_predicts_probabilities(trained_project, tmp_path, predict):
+    from transformers import pipeline
+
+    test = trained_project.path / "data/clean/test.csv"
+    result = predict(
+        trained_project.path, "--model", "finetuned", "--input", str(test), "--output", str(tmp_path / "p.csv")
+    )
+    assert result.returncode == 0, result.stderr
+    ours = pd.read_csv(tmp_path / "p.csv")[["probability_negative", "probability_positive"]].to_numpy()
+    texts = pd.read_csv(test, keep_default_na=False)["text"].tolist()
+    classify = pipeline("text-classification", model=str(trained_project.path / "models/finetuned"), top_k=None)
+    theirs = [{s["label"]: s["score"] for s in scores} for scores in classify(texts, truncation=True, batch_size=16)]
+    theirs = np.array([[row["negative"], row["positive"]] for row in theirs])
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+# Empty, truncated and unknown reviews
+
+
+def test_empty_reviews_are_skipped_and_counted_the_same_from_stdin_arguments_and_files(
+    trained_project, tmp_path, predict
+):
+    stdin = predict(trained_project.path, "-", stdin=f"{NEGATIVE_REVIEW}\n\n{POSITIVE_REVIEW}\n  \n")
+    assert stdin.returncode == 0 and len(stdin.stdout.splitlines()) == 2
+    assert "predict: 2 empty review(s) skipped (line 2, 4)." in stdin.stderr
+    arguments = predict(trained_project.path, POSITIVE_REVIEW, " ")
+    assert arguments.returncode == 0 and len(arguments.stdout.splitlines()) == 1
+    assert "predict: 1 empty review(s) skipped (review 2)." in arguments.stderr
+
     pd.DataFrame({"text": [POSITIVE_REVIEW, " ", NEGATIVE_REVIEW, None]}).to_csv(tmp_path / "in.csv", index=False)
-    result = predict(trained_project.path, "--input", str(tmp_path / "in.csv"))
+    file = predict(trained_project.path, "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv"))
+    assert file.returncode == 0, file.stderr
+    assert "predict: 2 empty review(s) skipped (row 2, 4)." in file.stderr
+    out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    assert out["predicted"].tolist() == ["positive", "", "negative", ""]
+    assert out["notes"].tolist() == ["", "empty review", "", "empty review"]
+    only_empty = predict(trained_project.path, " ", "")
+    assert only_empty.returncode == 1 and "no reviews to classify" in only_empty.stderr
+
+
+def test_unknown_and_truncated_reviews_are_noted_per_review_and_summed_up(trained_project, tmp_path, predict):
+    long_review = POSITIVE_REVIEW * 300  # 5,400 characters; max_length is 64 tokens
+    result = predict(trained_project.path, "--model", "finetuned", "😀😀😀", long_review, POSITIVE_REVIEW)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("\t[all_unknown]") and lines[1].endswith("\t[truncated]") and "[" not in lines[2]
+    assert "1 review(s) made only of characters the model does not know" in result.stderr
+    assert "1 review(s) truncated to the model's max_length (review 2)" in result.stderr
+    pd.DataFrame({"text": ["😀😀😀", long_review]}).to_csv(tmp_path / "in.csv", index=False)
+    args = ["--model", "finetuned", "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv")]
+    assert predict(trained_project.path, *args).returncode == 0
+    notes = pd.read_csv(tmp_path / "out.csv")["notes"].tolist()
+    assert "knows none of this review's characters" in notes[0]
+    assert "long review (5,400 characters): only its first 62 tokens were read" in notes[1]
+
+
+# Files: never destroyed, and scored when labelled
+
+
+def test_output_equal_to_input_is_refused_and_the_input_is_untouched(trained_project, tmp_path, predict):
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"text": [POSITIVE_REVIEW]}).to_csv(path, index=False)
+    before = path.read_bytes()
+    result = predict(trained_project.path, "--input", str(path), "--output", str(tmp_path / "." / "reviews.csv"))
+    assert result.returncode == 1 and "is the --input file: predict never overwrites its input" in result.stderr
+    assert path.read_bytes() == before
+
+
+def test_input_columns_that_output_would_overwrite_are_refused(trained_project, tmp_path, predict):
+    path = tmp_path / "labelled.csv"
+    pd.DataFrame({"text": [POSITIVE_REVIEW], "predicted": ["human label"]}).to_csv(path, index=False)
+    result = predict(trained_project.path, "--input", str(path), "--output", str(tmp_path / "out.csv"))
     assert result.returncode == 1
-    assert "2 review(s) without text" in result.stderr and ": 2, 4." in result.stderr
+    assert "already has the column(s) predicted, which --output would overwrite" in result.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_labelled_file_is_scored_with_accuracy_f1_and_confusion(trained_project, predict):
+    test = trained_project.path / "data/clean/test.csv"  # labels as ids 0/1
+    result = predict(trained_project.path, "--model", "finetuned", "--input", str(test), "--label-column", "label")
+    assert result.returncode == 0, result.stderr
+    metrics = trained_project.json("metrics/finetuned.json")  # what the finetune stage measured on the same file
+    assert f"scored 60 labelled reviews: accuracy {metrics['accuracy']:.4f}, f1_macro {metrics['f1_macro']:.4f}" in (
+        result.stdout
+    )
+    assert "predicted negative" in result.stdout and "actual positive" in result.stdout
+
+
+def test_labels_the_model_does_not_have_are_named(trained_project, tmp_path, predict):
+    pd.DataFrame({"text": [POSITIVE_REVIEW, NEGATIVE_REVIEW], "y": ["positive", "meh"]}).to_csv(
+        tmp_path / "in.csv", index=False
+    )
+    result = predict(trained_project.path, "--input", str(tmp_path / "in.csv"), "--label-column", "y")
+    assert result.returncode == 1
+    assert "1 label(s) the model does not have (row 2: 'meh')" in result.stderr
 
 
 def test_a_missing_encoder_is_a_clear_error(trained_project, tmp_path, predict):
@@ -142,3 +285,13 @@ def test_options_are_checked_as_the_embed_params_are(tmp_path, predict, args, me
 def test_valid_options_pass_the_schema():
     args = parse_args(["--batch-size", "3", "--device", "cuda:1", "--precision", "bf16", POSITIVE_REVIEW])
     assert (args.batch_size, args.device, args.precision) == (3, "cuda:1", "bf16")
+
+
+def test_each_model_folder_carries_its_validation_and_test_metrics(trained_project):
+    """What /info and the default choice read: validation from the folder, test where the stage measured it
+    (the frozen head's in metrics/frozen_head.json, written by evaluate)."""
+    for kind in MODEL_NAMES:
+        classifier = load_model(trained_project.path / "models" / kind)
+        headline = trained_project.json(f"metrics/{kind}.json")
+        assert classifier.info["validation"]["accuracy"] == pytest.approx(headline["validation_accuracy"], abs=1e-6)
+        assert classifier.info["test"]["accuracy"] == headline["accuracy"]

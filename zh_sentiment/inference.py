@@ -175,8 +175,9 @@ class Encoded(Classifier):
     def _note_tokens(self, texts: list[str], readable: list[str], tokens: dict, notes: list[list[Note]]) -> None:
         """Truncated reviews and reviews the vocabulary hardly knows, as tokenize reports them for the data."""
         ids, mask = tokens["input_ids"], tokens["attention_mask"].bool()
-        special = torch.tensor(self.tokenizer.all_special_ids)
-        unknown = (ids == self.tokenizer.unk_token_id).sum(1)
+        unk = self.tokenizer.unk_token_id
+        special = torch.tensor([i for i in self.tokenizer.all_special_ids if i != unk])  # [CLS], [SEP], [PAD]
+        unknown = (ids == unk).sum(1)
         words = (mask & ~torch.isin(ids, special)).sum(1)
         full = self.tokenizer(readable, add_special_tokens=False, verbose=False)["input_ids"]
         for i, text in enumerate(texts):
@@ -194,6 +195,14 @@ class Encoded(Classifier):
                 notes[i].append(Note("all_unknown", "the model knows none of this review's characters: a guess"))
             elif share > UNKNOWN_NOTE:
                 notes[i].append(Note("unknown_tokens", f"the model does not know {share:.0%} of this review's tokens"))
+
+    def check_max_length(self, config, where: str) -> None:
+        if self.max_length > config.max_position_embeddings:
+            raise PipelineError(
+                f"{self.folder / INFO_FILE}: max_length = {self.max_length} is more than {where} takes "
+                f"({config.max_position_embeddings} positions). Set max_length to {config.max_position_embeddings} "
+                "or less there, or train the model again."
+            )
 
     def _logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -215,6 +224,7 @@ class FrozenHead(Encoded):
         self.tokenizer = load_tokenizer(info["model"], source)
         self.encoder = load_encoder(info["model"], self.device, self.precision, source)
         self.inputs = forward_inputs(self.encoder)
+        self.check_max_length(self.encoder.config, f"the encoder at {info['model']}")
         if self.head.in_features != self.encoder.config.hidden_size:
             raise PipelineError(
                 f"{folder / 'head.pt'} takes {self.head.in_features} features but the encoder gives "
@@ -244,6 +254,7 @@ class FineTuned(Encoded):
             raise PipelineError(f"{folder}: {len(bad)} weight tensors are NaN or inf (e.g. {bad[0]}): train it again.")
         self.model = to_precision(model.eval().requires_grad_(False), self.device, self.precision)
         self.inputs = [key for key in TOKEN_INPUTS if key in forward_inputs(model)]
+        self.check_max_length(model.config, "the model")
 
     def _logits(self, inputs):
         return self.model(**inputs).logits
