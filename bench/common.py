@@ -21,7 +21,7 @@ from transformers import BertConfig, BertModel, BertTokenizer
 
 from zh_sentiment.encoder import embed, encode_texts, load_encoder, load_tokenizer
 from zh_sentiment.params import Params
-from zh_sentiment.sandbox import committed_params, python_first_env
+from zh_sentiment.sandbox import pristine_params, python_first_env
 
 CPU = torch.device("cpu")
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -156,7 +156,7 @@ class Setup:
         start = time.perf_counter()
         self.tokens = encode_texts(self.tokenizer, self.texts, self.scale.max_length)
         self.tokenize_seconds = time.perf_counter() - start
-        self.params = Params.model_validate(committed_params())
+        self.params = Params.model_validate(pristine_params())
 
     def reviews(self, n: int) -> list[str]:
         return [review(self.rng, self.characters, length) for length in review_lengths(n, self.rng)]

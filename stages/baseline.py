@@ -19,13 +19,13 @@ from joblib import Parallel, delayed
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from tqdm import tqdm
 
 from zh_sentiment.baseline import save_baseline
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import Baseline, load_params
 from zh_sentiment.paths import BASELINE, CLEAN_DIR, LABELS_FILE, SPLITS, model_dir, model_reports
+from zh_sentiment.progress import tqdm
 from zh_sentiment.report import write_test_report
 
 
@@ -54,13 +54,14 @@ def choose_c(train: tuple, validation: tuple, params: Baseline) -> tuple[Logisti
     jobs = Parallel(n_jobs=min(len(grid), os.cpu_count() or 1), return_as="generator")(
         delayed(fit)(*train, c, params) for c in grid
     )
-    rows, best, best_model = [], None, None
+    rows, best, best_accuracy, best_model = [], None, -1.0, None
     for c, model in zip(grid, tqdm(jobs, total=len(grid), desc="baseline: C on validation", unit="C")):
         accuracy = float((model.predict(validation[0]) == validation[1]).mean())
         rows.append({"C": c, "validation_accuracy": round(accuracy, 6)})
         tqdm.write(f"baseline: C = {c}: validation accuracy {accuracy:.4f}")
-        if best is None or accuracy > best["validation_accuracy"]:  # strict: a tie keeps the smaller C
-            best, best_model = rows[-1], model
+        # strict, and unrounded against unrounded: an exact tie keeps the smaller C (1/3 beat its own rounding)
+        if accuracy > best_accuracy:
+            best, best_accuracy, best_model = rows[-1], accuracy, model
     table = pd.DataFrame(rows).assign(chosen=lambda frame: frame["C"] == best["C"])
     return best_model, table
 

@@ -49,6 +49,7 @@ def main() -> None:
     needs = sum(len(t["labels"]) * (model.config.hidden_size * 4 + 8) for t in tokens.values())
     if start is not None:
         needs += sum(int(t["lengths"].sum()) for t in tokens.values()) * model.config.hidden_size * 2
+    checksums = {}  # of each states file, for finetune to check (zh_sentiment/states.py)
     with atomic_dir(FEATURES_DIR, needs=needs) as out, atomic_dir(STATES_DIR) as states_out:
         for split in SPLITS:
             states = None
@@ -61,7 +62,8 @@ def main() -> None:
             save_file({"features": features, "labels": tokens[split]["labels"]}, out / f"{split}.safetensors")
             if states is not None:
                 lengths, labels = tokens[split]["lengths"], tokens[split]["labels"]
-                save_states(states_out / f"{split}.safetensors", states, lengths, labels)
+                name = f"{split}.safetensors"
+                checksums[name] = save_states(states_out / name, states, lengths, labels)
         # the probe's figures are this machine's, kept in its cache: the same on every run here (precision.py)
         embedding = {"pooling": params.pooling, "precision": precision, "precision_probe": probe}
         write_json(out / EMBEDDING_FILE.name, {**tokenizer_info, **embedding})
@@ -73,6 +75,7 @@ def main() -> None:
                 "first_trained_layer": start,
                 "precision": precision,
                 "dtype": str(STATES_DTYPE).removeprefix("torch.") if start is not None else None,
+                "sha256": checksums,
             },
         )
 

@@ -36,11 +36,22 @@ def load_dataset_dict(data: Data) -> DatasetDict | None:
             f"data.dataset: {path} is a file; point it at the folder that holds train.csv and test.csv (or .tsv)."
         )
     if must_be_local(data.dataset):
+        if in_experiment_copy():
+            raise PipelineError(
+                f"data.dataset: folder {data.dataset} is not in this experiment's temporary copy of the project: "
+                "`dvc exp run --queue` (and --temp) copies only what git tracks, and git ignores local datasets. "
+                f"Queue the experiment with `--copy-paths {data.dataset}` (see README.md, 'Many experiments')."
+            )
         raise PipelineError(
             f"data.dataset: folder {path.absolute()} does not exist. Relative paths start at the project root, "
             "where params.yaml is."
         )
     return load_from_hub(data.dataset)
+
+
+def in_experiment_copy() -> bool:
+    """Whether this runs in the temporary copy of the project that `dvc exp run --queue` / `--temp` makes."""
+    return ".dvc/tmp/exps/" in Path.cwd().as_posix()
 
 
 def load_saved(path: Path) -> DatasetDict:

@@ -1,4 +1,4 @@
-"""finetune: train the encoder's top finetune.layers layers (or all) with a linear head; measure it on test.
+"""finetune: train the encoder's top finetune.layers layers (or all) with its classification head; measure it on test.
 
 Reads data/states/ (the states entering the first trained layer, cached by embed) or, with
 layers: all, data/tokens/; and the encoder's starting weights from model.name. Writes
@@ -6,18 +6,18 @@ models/finetuned/ (a standard Hugging Face sequence-classification folder, with 
 metrics/finetuned/history.csv, curves.png and training.json, and the test report
 (metrics/finetuned.json and metrics/finetuned/*.csv, see zh_sentiment/report.py).
 
-One process: `python -m stages.finetune`. Several (data-parallel, DDP; gloo on CPU, nccl on
-CUDA): `torchrun --standalone --nproc_per_node N -m stages.finetune`; only rank 0 writes.
+`python -m stages.finetune` runs it, on finetune.processes processes (data-parallel, DDP; gloo on CPU,
+nccl on CUDA) that it starts and stops itself (zh_sentiment/distributed.py); only rank 0 writes.
 """
 
 import json
-import os
 
 import pandas as pd
 import torch
 import torch.distributed as dist
 from transformers.utils import logging as transformers_logging
 
+from zh_sentiment import distributed
 from zh_sentiment.encoder import choose_device, load_tokenizer, use_all_cores
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.finetune import FineTuned, Tokens, choose_autocast, fit, log_probabilities, starting_model
@@ -36,29 +36,43 @@ from zh_sentiment.paths import (
 )
 from zh_sentiment.precision import precision_probe
 from zh_sentiment.report import write_test_report, write_training_report
-from zh_sentiment.states import CachedStates, first_trained_layer
+from zh_sentiment.states import CachedStates, check_states, first_trained_layer
 
 
-def start_processes(requested: str) -> tuple[int, int, torch.device]:
-    """This process's rank, the number of processes (torchrun sets both) and its device."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+def start_processes(requested: str, rank: int, world: int, timeout_seconds: int) -> torch.device:
+    """This process's device; with several processes, the process group joined (distributed.run started them)."""
     device = choose_device(requested, source="finetune.device")
     if world > 1 and device.type == "cuda":
-        local = int(os.environ["LOCAL_RANK"])
-        if local >= torch.cuda.device_count():
+        if rank >= torch.cuda.device_count():
             raise PipelineError(
-                f"{os.environ['LOCAL_WORLD_SIZE']} processes on this machine but {torch.cuda.device_count()} GPU(s): "
+                f"finetune.processes is {world} but this machine has {torch.cuda.device_count()} GPU(s): "
                 "set finetune.processes to the number of GPUs at most."
             )
-        device = torch.device("cuda", local)
+        device = torch.device("cuda", rank)
         torch.cuda.set_device(device)
     if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        distributed.join_group("nccl" if device.type == "cuda" else "gloo", rank, world, timeout_seconds)
     if device.type == "cpu":
         use_all_cores()
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        torch.set_num_threads(max(1, torch.get_num_threads() // local_world))  # share the cores, never oversubscribe
-    return rank, world, device
+        torch.set_num_threads(max(1, torch.get_num_threads() // world))  # share the cores, never oversubscribe
+    return device
+
+
+def check_inputs(layers) -> None:
+    """What every process would find wrong, found once before any starts: states for other layers, damaged states."""
+    if layers == "all":
+        return
+    if not STATES_FILE.is_file():
+        raise PipelineError(f"{STATES_FILE} is missing (embed writes it): run `dvc repro -f -s embed`.")
+    cached = json.loads(STATES_FILE.read_text(encoding="utf-8"))
+    if cached["layers"] != layers:
+        raise PipelineError(
+            f"{STATES_DIR} holds the states for finetune.layers = {cached['layers']}, not {layers}: "
+            "run `dvc repro` (embed writes them)."
+        )
+    if "sha256" not in cached:
+        raise PipelineError(f"{STATES_FILE} has no checksums (an older embed wrote it): run `dvc repro -f -s embed`.")
+    check_states(STATES_DIR, cached)
 
 
 def load_split(split: str, start: int | None, layers) -> CachedStates | Tokens:
@@ -97,9 +111,17 @@ def save_model(model: torch.nn.Module, tokenizer, info: dict, folder) -> None:
 
 
 def main() -> None:
+    params = load_params().finetune
+    with distributed.exclusive(str(model_dir(FINETUNED))):
+        check_inputs(params.layers)
+        distributed.run(process_main, params.processes, params.timeout_seconds)
+
+
+def process_main(rank: int, world: int) -> None:
+    """What each process runs (rank 0 of 1 when alone): train, and rank 0 writes the model and reports."""
     all_params = load_params()
     params = all_params.finetune
-    rank, world, device = start_processes(params.device)
+    device = start_processes(params.device, rank, world, params.timeout_seconds)
     precision = choose_autocast(params.precision, device)
     tokenization = json.loads(TOKENIZATION_FILE.read_text(encoding="utf-8"))
     label_names = json.loads(LABELS_FILE.read_text(encoding="utf-8"))["names"]

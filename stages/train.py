@@ -10,12 +10,12 @@ import json
 
 import torch
 import torch.nn.functional as F
-from tqdm import trange
 
 from zh_sentiment.classifier import load_features, save_frozen_head
 from zh_sentiment.errors import run
 from zh_sentiment.params import Train, load_params
 from zh_sentiment.paths import EMBEDDING_FILE, FROZEN_HEAD, LABELS_FILE, model_dir
+from zh_sentiment.progress import trange
 from zh_sentiment.report import write_training_report
 
 

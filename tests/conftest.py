@@ -89,7 +89,7 @@ def copy_tree(source: Path, dest: Path) -> Path:
 
 
 def new_project(dest: Path, params: dict, root: Path = ROOT) -> Project:
-    """This project's tracked files and committed params.yaml, with `params` changes, in a fresh
+    """This project's tracked files and pristine params.yaml, with `params` changes, in a fresh
     git repo at `dest` (see zh_sentiment/sandbox.py): the user's untracked files and edits to
     params.yaml never reach the tests."""
     return Project(copy_project(dest, params, root))

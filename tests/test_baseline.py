@@ -5,11 +5,14 @@ import json
 import pandas as pd
 import pytest
 import yaml
+from sklearn.feature_extraction.text import TfidfVectorizer
 
-from tests.conftest import ROOT, new_project
+from stages.baseline import choose_c
+from tests.conftest import new_project
 from tests.fixtures import reviews
 from zh_sentiment.errors import PipelineError
-from zh_sentiment.params import load_params
+from zh_sentiment.params import Baseline, load_params
+from zh_sentiment.sandbox import pristine_params
 
 SMALL_C, LARGE_C = 0.0001, 100.0
 
@@ -45,6 +48,23 @@ def test_c_is_chosen_on_validation_not_test(tmp_path, fixture_params):
     assert metrics["n"] == len(test)
 
 
+def test_an_exact_tie_keeps_the_smaller_c():
+    """README: ties go to the smaller C. 1/3 is stored rounded (0.333333), below its exact value."""
+    train = reviews(120, seed=1)
+    validation = reviews(3, seed=2)
+    validation.loc[validation.index[:2], "label"] = 1 - validation["label"].iloc[:2]  # both Cs get 1 of 3 right
+    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), min_df=2, sublinear_tf=True)
+    x_train = vectorizer.fit_transform(train["text"])
+    params = Baseline(ngram_range=[1, 3], min_df=2, c_grid=[100.0, 10.0], max_iter=1000)
+    _, table = choose_c(
+        (x_train, train["label"].to_numpy()),
+        (vectorizer.transform(validation["text"]), validation["label"].to_numpy()),
+        params,
+    )
+    assert table["validation_accuracy"].tolist() == [0.333333, 0.333333]
+    assert table.loc[table["chosen"], "C"].tolist() == [10.0]
+
+
 def test_single_class_train_is_a_clear_error(tmp_path, fixture_params):
     project = new_project(tmp_path / "project", fixture_params)
     train = reviews(40, seed=1)
@@ -68,7 +88,7 @@ def test_single_class_train_is_a_clear_error(tmp_path, fixture_params):
     ],
 )
 def test_bad_baseline_params_are_named(tmp_path, key, value, message):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw = pristine_params()
     raw["baseline"][key] = value
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(PipelineError, match=rf"baseline\.{key}.*{message}"):

@@ -17,6 +17,8 @@ NOT_OUTPUT_SHAPING = {
     "zh_sentiment/outputs.py",  # atomic writes: the same bytes, written safely
     "zh_sentiment/paths.py",  # file names, also spelt out in dvc.yaml
     "zh_sentiment/params.py",  # the schema; DVC tracks the values themselves (`params:`)
+    "zh_sentiment/progress.py",  # progress bars
+    "zh_sentiment/distributed.py",  # starting and stopping finetune's processes (their number is a param)
 }
 PACKAGES = ("zh_sentiment", "stages")
 

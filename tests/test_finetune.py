@@ -10,12 +10,12 @@ import yaml
 from safetensors.torch import save_file
 from transformers import BertConfig, BertModel
 
-from tests.conftest import ROOT
 from tests.fixtures import reviews, write_tiny_bert
 from zh_sentiment.encoder import embed, encode_texts, load_encoder, load_tokenizer
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.finetune import FineTuned, Tokens, fit, micro_batches, starting_model
 from zh_sentiment.params import Finetune, load_params
+from zh_sentiment.sandbox import pristine_params
 from zh_sentiment.states import CachedStates, first_trained_layer, save_states
 
 PARAMS = {
@@ -32,6 +32,7 @@ PARAMS = {
     "seed": 0,
     "device": "cpu",
     "processes": 1,
+    "timeout_seconds": 600,
     "precision": "fp32",
 }
 
@@ -159,7 +160,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss(tiny_bert, tmp_path)
 
 @pytest.mark.parametrize("value", [0, "top", 1.5, "2"])
 def test_layers_must_be_a_positive_number_or_all(tmp_path, value):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params = pristine_params()
     params["finetune"]["layers"] = value
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     with pytest.raises(PipelineError) as caught:

@@ -23,7 +23,7 @@ from tests.conftest import ROOT, new_project
 from tests.fixtures import write_tiny_bert
 from zh_sentiment import encoder, predict
 from zh_sentiment.errors import PipelineError
-from zh_sentiment.sandbox import committed_params, edit_params
+from zh_sentiment.sandbox import edit_params, pristine_params
 from zh_sentiment.tables import read_table
 
 SPLITS = ("train", "validation", "test")
@@ -44,8 +44,8 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 
 def write_params(folder: Path, changes: dict) -> None:
-    """The committed params.yaml with `changes` (dotted keys such as data.dataset) in `folder`."""
-    edit_params(folder / "params.yaml", changes, base=committed_params())
+    """The pristine params.yaml with `changes` (dotted keys such as data.dataset) in `folder`."""
+    edit_params(folder / "params.yaml", changes, base=pristine_params())
 
 
 def write_folder(folder: Path, reviews=REVIEWS, suffix=".csv", encoding="utf-8", header=("text", "label")) -> Path:
@@ -703,15 +703,20 @@ def test_headerless_files_are_read_with_data_columns(workdir):
     assert rows(raw["test"]) == REVIEWS["test"]
 
 
-def test_a_headerless_file_read_as_if_it_had_a_header_says_to_set_data_columns(workdir):
+@pytest.mark.parametrize("order", [["text", "label"], ["label", "text"]])
+def test_a_headerless_file_read_as_if_it_had_a_header_says_to_set_data_columns_in_its_order(workdir, order):
     source = workdir / "source"
     source.mkdir()
     for split, split_rows in REVIEWS.items():
-        write_table(source / f"{split}.tsv", split_rows, "utf-8", header=False)
+        rows_in_order = [row if order[0] == "text" else row[::-1] for row in split_rows]
+        write_table(source / f"{split}.tsv", rows_in_order, "utf-8", header=False)
     message = fetch_error(workdir, {"data.dataset": str(source)})
     assert message.startswith(f"{source / 'train.tsv'}: no column 'text' (from data.text_column).")
     assert "The first row looks like a review, not a header" in message
-    assert "data.columns: [label, text]" in message
+    assert f"data.columns: [{', '.join(order)}]" in message
+    assert f"data.columns: [{', '.join(reversed(order))}]" not in message
+    # and the hint, followed, reads the file
+    assert rows(run_fetch(workdir, {"data.dataset": str(source), "data.columns": order})["train"]) == REVIEWS["train"]
 
 
 def test_a_header_row_in_a_file_said_to_have_none_is_an_error(workdir):

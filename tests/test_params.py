@@ -1,16 +1,18 @@
 """params.yaml is checked once, against one schema, before any stage works."""
 
+import re
+
 import pytest
 
 from stages import fetch
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.params import load_params
-from zh_sentiment.sandbox import committed_params, edit_params
+from zh_sentiment.sandbox import ROOT, edit_params, git, pristine_commit, pristine_params
 
 
 def write_params(tmp_path, change) -> object:
-    """The committed params.yaml, changed in place by `change(params)`, in tmp_path."""
-    params = committed_params()
+    """The pristine params.yaml, changed in place by `change(params)`, in tmp_path."""
+    params = pristine_params()
     change(params)
     path = tmp_path / "params.yaml"
     edit_params(path, {}, base=params)
@@ -41,9 +43,31 @@ def test_a_number_written_as_text_is_refused(tmp_path):
     assert "valid integer" in message
 
 
-def test_a_float_in_e_notation_without_a_dot_gets_a_hint(tmp_path):
-    message = error_for(tmp_path, lambda p: p["train"].update(lr="1e-3"))
-    assert "train.lr = '1e-3'" in message and "1.0e-3" in message
+@pytest.mark.parametrize(("text", "value"), [("2e-05", 2e-05), ("1e-3", 0.001), ("0.5", 0.5), ("+3", 3.0)])
+def test_a_float_written_as_the_text_of_a_number_is_that_number(tmp_path, text, value):
+    """`dvc exp run -S finetune.lr=0.00002` writes 2e-05, which PyYAML reads as the string "2e-05"."""
+    params = load_params(write_params(tmp_path, lambda p: (p["finetune"].update(lr=text), p["train"].update(lr=text))))
+    assert params.finetune.lr == params.train.lr == value
+
+
+@pytest.mark.parametrize("text", ["fast", "nan", "inf", "1_000", "0x10", ""])
+def test_other_text_for_a_float_is_refused(tmp_path, text):
+    message = error_for(tmp_path, lambda p: p["finetune"].update(lr=text))
+    assert f"finetune.lr = {text!r}: Input should be a valid number" in message
+
+
+def test_a_batch_smaller_than_the_processes_is_refused(tmp_path):
+    """Each process takes every processes-th review of a batch: with fewer reviews, some take none."""
+    message = error_for(tmp_path, lambda p: p["finetune"].update(batch_size=1, processes=2))
+    assert "finetune: finetune.batch_size (1) is smaller than finetune.processes (2)" in message
+    params = load_params(write_params(tmp_path, lambda p: p["finetune"].update(batch_size=2, processes=2)))
+    assert params.finetune.batch_size == params.finetune.processes == 2
+
+
+def test_the_params_file_names_the_module_that_checks_it():
+    header = git("show", f"{pristine_commit()}:params.yaml", cwd=ROOT).splitlines()[0]
+    named = re.search(r"checked by (\S+\.py)", header).group(1)
+    assert (ROOT / named).is_file() and named == "zh_sentiment/params.py"
 
 
 @pytest.mark.parametrize(

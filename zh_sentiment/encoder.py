@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from tqdm import tqdm
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -23,6 +22,7 @@ from transformers.utils import logging as transformers_logging
 
 from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.paths import WEIGHT_FILES, must_be_local
+from zh_sentiment.progress import tqdm
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a BERT-like forward may take
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")

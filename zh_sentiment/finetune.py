@@ -10,7 +10,7 @@ micro-batches of at most `finetune.max_batch_tokens` padded tokens (reviews x th
 their gradients summed: the step is the one the whole batch would give, and the activations held
 at once are bounded whatever the review lengths.
 
-Data-parallel over processes started by torchrun: every process sees the same shuffled
+Data-parallel over processes started by zh_sentiment/distributed.py: every process sees the same shuffled
 batches and takes every world-th review of each, DDP averages the gradients, so a step
 is the same step one process would take on the whole batch.
 """
@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.masking_utils import create_bidirectional_mask
 
@@ -30,6 +29,7 @@ from zh_sentiment.encoder import TOKEN_INPUTS, load_classification_model
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.params import Finetune
 from zh_sentiment.precision import cpu_has_fast_bf16
+from zh_sentiment.progress import tqdm
 
 GROUP = 50  # length grouping: reviews are sorted by length within runs of GROUP batches
 

@@ -38,11 +38,13 @@ def size(path: Path) -> int:
 
 
 def disk_full_error(path: Path, needed: int) -> DiskFull:
+    """`needed`: what the writer said it needs, or what it had written when the disk filled (0 if it wrote nothing)."""
     free = shutil.disk_usage(path.parent if path.parent.exists() else ".").free
-    return DiskFull(
-        f"no space left on the device for {path}: it needs at least {needed / 1e6:,.1f} MB free there, "
-        f"{free / 1e6:,.1f} MB are free now. Free some space and run again."
-    )
+    if needed > free:  # known before writing
+        amount = f"it needs at least {needed / 1e6:,.1f} MB free there, {free / 1e6:,.1f} MB are free now"
+    else:  # the disk filled while writing: the output is larger than all the space there was for it
+        amount = f"it needs more than the {free / 1e6:,.1f} MB that are free there without it"
+    return DiskFull(f"no space left on the device for {path}: {amount}. Free some space and run again.")
 
 
 @contextmanager

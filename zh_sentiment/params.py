@@ -7,17 +7,42 @@ here: params.yaml is the single place where values live.
 
 import codecs
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from zh_sentiment.errors import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
 
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+# A decimal number, as text: `dvc exp run -S finetune.lr=0.00002` writes 2e-05, which PyYAML (YAML 1.1,
+# which wants a dot in a float) reads as the string "2e-05". No nan, inf or 1_000.
+NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def number_from_text(value):
+    """A float param written as a number in text ("2e-05") is that number; any other text stays text (refused)."""
+    if isinstance(value, str) and NUMBER_TEXT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+# strict elsewhere ("128" is no int), but a float may come as the text of a number (see NUMBER_TEXT)
+Float = Annotated[float, BeforeValidator(number_from_text)]
 
 
 class Section(BaseModel):
@@ -34,7 +59,7 @@ class Data(Section):
     train_split: Annotated[str, Field(min_length=1)]
     validation_split: Annotated[str, Field(min_length=1)]
     test_split: Annotated[str, Field(min_length=1)]
-    validation_ratio: Annotated[float, Field(gt=0, lt=1)]
+    validation_ratio: Annotated[Float, Field(gt=0, lt=1)]
     split_seed: int
 
     @field_validator("columns")
@@ -90,8 +115,8 @@ class Embed(Section):
 class Train(Section):
     epochs: PositiveInt
     batch_size: PositiveInt
-    lr: Annotated[float, Field(gt=0)]
-    weight_decay: Annotated[float, Field(ge=0)]
+    lr: Annotated[Float, Field(gt=0)]
+    weight_decay: Annotated[Float, Field(ge=0)]
     patience: PositiveInt
     seed: int
 
@@ -99,7 +124,7 @@ class Train(Section):
 class Baseline(Section):
     ngram_range: list[int]  # [lo, hi]: character n-grams of lo..hi characters
     min_df: PositiveInt  # keep n-grams found in at least this many training reviews
-    c_grid: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]
+    c_grid: Annotated[list[Annotated[Float, Field(gt=0)]], Field(min_length=1)]
     max_iter: PositiveInt
 
     @field_validator("ngram_range")
@@ -116,14 +141,15 @@ class Finetune(Section):
     batch_size: PositiveInt  # reviews per forward pass, over all processes together
     grad_accum: PositiveInt  # batches per optimizer step
     max_batch_tokens: PositiveInt  # padded tokens per forward pass: a batch is cut into micro-batches under it
-    lr: Annotated[float, Field(gt=0)]
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)]
-    weight_decay: Annotated[float, Field(ge=0)]
-    max_grad_norm: Annotated[float, Field(gt=0)]
+    lr: Annotated[Float, Field(gt=0)]
+    warmup_ratio: Annotated[Float, Field(ge=0, lt=1)]
+    weight_decay: Annotated[Float, Field(ge=0)]
+    max_grad_norm: Annotated[Float, Field(gt=0)]
     patience: PositiveInt
     seed: int
     device: Annotated[str, Field(pattern=DEVICE_PATTERN)]
-    processes: PositiveInt  # data-parallel processes dvc.yaml starts with torchrun
+    processes: PositiveInt  # data-parallel processes the stage starts (zh_sentiment/distributed.py)
+    timeout_seconds: PositiveInt  # the longest wait for another process in a collective before stopping the run
     precision: Literal["auto", "fp32", "bf16"]  # bf16: autocast, the weights stay fp32
 
     @field_validator("layers", mode="before")
@@ -133,6 +159,16 @@ class Finetune(Section):
         if value == "all" or (type(value) is int and value >= 1):
             return value
         raise ValueError("expected a number of top layers to fine-tune (1 or more, at most the model's), or all")
+
+    @model_validator(mode="after")
+    def a_review_per_process(self) -> "Finetune":
+        # each process takes every processes-th review of a batch: a smaller batch leaves some with none
+        if self.batch_size < self.processes:
+            raise ValueError(
+                f"finetune.batch_size ({self.batch_size}) is smaller than finetune.processes ({self.processes}): "
+                "every process needs at least one review per batch; raise batch_size or lower processes"
+            )
+        return self
 
 
 class Params(Section):
@@ -192,9 +228,11 @@ def describe(error: dict) -> str:
         return f"{key}: missing; add it (see README.md, 'Params')"
     value = error["input"]
     message = error["msg"].removeprefix("Value error, ")
+    if len(error["loc"]) == 1 and isinstance(value, dict):  # a rule across a section's keys: the message names them
+        return f"{key}: {message}"
     hint = ""
     if isinstance(value, str) and error["type"] in ("int_type", "float_type"):
-        hint = " (write the number without quotes; YAML reads 1e-3 as text, write 1.0e-3 or 0.001)"
+        hint = " (write the number without quotes)"
     return f"{key} = {value!r}: {message}{hint}"
 
 

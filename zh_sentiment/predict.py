@@ -22,13 +22,13 @@ import numpy as np
 import pandas as pd
 from scipy.special import softmax
 from sklearn.metrics import confusion_matrix
-from tqdm import tqdm
 
 from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.inference import MODEL_NAMES, Note, choose_model, load_model
 from zh_sentiment.metrics import classification_metrics
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import Embed, check_value
+from zh_sentiment.progress import tqdm
 from zh_sentiment.tables import codec_for, read_table, require_columns
 from zh_sentiment.text import normalize_text
 

@@ -1,7 +1,9 @@
 """Throwaway copies of this project, for the tests and the benchmark that run the real `dvc repro`.
 
-A copy holds the files git tracks (not the user's untracked files, such as a model folder
-under models-src/) and the COMMITTED params.yaml (not the user's edits), in a fresh git repo.
+A copy holds the files git tracks (not the user's untracked files, such as a model folder under
+models-src/), with the code as it is in the working tree, but never a run's records (dvc.lock,
+metrics/) and always the project's own params.yaml: the one of the project as shipped, before
+README's "First run" commit added dvc.lock (not the user's edits or commits), in a fresh git repo.
 """
 
 import os
@@ -24,8 +26,22 @@ def tracked_files(root: Path = ROOT) -> list[str]:
     return [path for path in git("ls-files", "--cached", "-z", cwd=root).split("\0") if path]
 
 
-def committed_params(root: Path = ROOT) -> dict:
-    return yaml.safe_load(git("show", "HEAD:params.yaml", cwd=root))
+RUN_RECORDS = ("dvc.lock", "metrics/")  # what `dvc repro` writes and README's first commit adds
+
+
+def pristine_commit(root: Path = ROOT) -> str:
+    """The project as shipped: the parent of the first commit that added dvc.lock (README's "First run"
+    commit, after which a user commits their runs and params), or HEAD if none did."""
+    added = git("log", "--diff-filter=A", "--format=%H", "HEAD", "--", "dvc.lock", cwd=root).split()
+    if not added:
+        return "HEAD"
+    parent = subprocess.run(["git", "rev-parse", "-q", "--verify", f"{added[-1]}^"], cwd=root, capture_output=True)
+    return parent.stdout.decode().strip() if parent.returncode == 0 else "HEAD"
+
+
+def pristine_params(root: Path = ROOT) -> dict:
+    """params.yaml as the project ships it, whatever the user committed since."""
+    return yaml.safe_load(git("show", f"{pristine_commit(root)}:params.yaml", cwd=root))
 
 
 def edit_params(path: Path, changes: dict, base: dict | None = None) -> None:
@@ -52,14 +68,14 @@ def python_first_env(env: dict | None = None) -> dict:
 
 
 def copy_project(dest: Path, changes: dict, root: Path = ROOT, skip: tuple[str, ...] = ("tests/",)) -> Path:
-    """The tracked files of `root` (less those under `skip`) in `dest`, with the committed params.yaml
-    and `changes` to it, committed to a fresh git repo."""
+    """The tracked files of `root` (less those under `skip`, and a run's records) in `dest`, with the
+    pristine params.yaml and `changes` to it, committed to a fresh git repo."""
     for relative in tracked_files(root):
         source = root / relative
-        if source.is_file() and not relative.startswith(skip):
+        if source.is_file() and not relative.startswith(skip + RUN_RECORDS):
             (dest / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / relative)
-    edit_params(dest / "params.yaml", changes, base=committed_params(root))
+    edit_params(dest / "params.yaml", changes, base=pristine_params(root))
     for command in (
         ["init", "-q"],
         ["config", "user.email", "tests@example.com"],

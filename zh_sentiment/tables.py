@@ -152,23 +152,36 @@ def require_columns(found: list[str], wanted: dict[str, str], where: str, column
             )
 
 
+def looks_like_label(cell: str) -> bool:
+    return re.fullmatch(r"-?\d+(\.0)?", cell.strip()) is not None
+
+
+def looks_like_text(cell: str) -> bool:
+    return len(cell) > 8 and re.search("[\u4e00-\u9fff]", cell) is not None
+
+
 def headerless_hint(header: list[str], columns_param: str) -> str:
-    """A hint when the header row looks like a review: a label such as 0 or 1, or a Chinese sentence."""
-    looks_like_data = any(
-        re.fullmatch(r"-?\d+(\.0)?", cell.strip()) or (len(cell) > 8 and re.search("[\u4e00-\u9fff]", cell))
-        for cell in header
-    )
-    if not looks_like_data:
+    """A hint when the header row looks like a review: a label such as 0 or 1, or a Chinese sentence.
+    The example names the columns in the order the row shows (label first or text first), when it shows one."""
+    if not any(looks_like_label(cell) or looks_like_text(cell) for cell in header):
         return ""
+    if len(header) == 2 and looks_like_label(header[0]) and not looks_like_label(header[1]):
+        example = columns_example(columns_param, ["label", "text"])
+    elif len(header) == 2 and looks_like_label(header[1]) and not looks_like_label(header[0]):
+        example = columns_example(columns_param, ["text", "label"])
+    else:
+        example = " or ".join(columns_example(columns_param, order) for order in (["label", "text"], ["text", "label"]))
     return (
         " The first row looks like a review, not a header: if the file has no header row, name its columns "
-        f"in order with {columns_example(columns_param)}, and pick the text and label columns among those names."
+        f"in order with {example}, and pick the text and label columns among those names."
     )
 
 
-def columns_example(columns_param: str) -> str:
+def columns_example(columns_param: str, order: list[str]) -> str:
     """How to name the columns of a file without a header row: a param, or predict's option."""
-    return f"{columns_param} label,text" if columns_param.startswith("--") else f"{columns_param}: [label, text]"
+    if columns_param.startswith("--"):
+        return f"{columns_param} {','.join(order)}"
+    return f"{columns_param}: [{', '.join(order)}]"
 
 
 def no_columns(columns_param: str) -> str:

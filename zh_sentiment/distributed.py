@@ -1,0 +1,221 @@
+"""Starting, supervising and stopping the fine-tuning processes.
+
+`python -m stages.finetune` is the launcher. With finetune.processes: 1 it trains in its own process;
+with N > 1 it starts N workers itself (multiprocessing spawn: CUDA needs fresh processes), waits for
+them, and when one fails stops the others and raises one PipelineError for the whole run. This replaces
+torchrun, whose worker runs in a session of its own and outlives a killed launcher, whose failures end in
+a ChildFailedError traceback after each rank's own message, and which costs a second `import torch`.
+
+- No process outlives its launcher: each worker, and the launcher when DVC started it, asks the kernel
+  for SIGKILL when its parent dies (prctl PR_SET_PDEATHSIG, Linux); a thread that watches the parent pid
+  covers other systems and the moment before prctl takes effect.
+- One writer per project: the launcher holds an exclusive lock (flock) on LOCK_FILE for the whole run.
+- A stalled process (stopped, swapped out, deadlocked) stops the run after finetune.timeout_seconds, the
+  timeout of every collective, with a message naming it.
+"""
+
+import ctypes
+import fcntl
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import torch.distributed as dist
+from tqdm.std import tqdm
+
+from zh_sentiment.errors import PipelineError
+
+LOCK_FILE = Path(".dvc/tmp/finetune.lock")  # outside every DVC output, and not copied by `dvc exp run --queue`
+HOST = "127.0.0.1"  # all processes run on this machine
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+GRACE_SECONDS = 5  # after one process fails: how long the others get to report their own error before being killed
+
+
+# --- one writer, no orphans -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def exclusive(what: str) -> Iterator[None]:
+    """Hold LOCK_FILE for the block; if another run holds it, stop with a message naming its pid."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_FILE, "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise PipelineError(
+                f"another finetune run (pid {holder}) is writing {what} in this project (it holds {LOCK_FILE}). "
+                f"Wait for it to finish, or stop it (`kill {holder}`), then run again."
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield  # the lock goes with the file: closed here, or by the kernel when this process dies
+
+
+def die_with_parent() -> None:
+    """Be killed (SIGKILL) as soon as the process that started this one dies, however it dies."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    threading.Thread(target=watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+
+
+def watch_parent(parent: int) -> None:
+    while os.getppid() == parent:  # a dead parent's children are adopted: their parent pid changes
+        time.sleep(0.5)
+    os._exit(1)
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+
+def run(train: Callable[[int, int], None], processes: int, timeout_seconds: int) -> None:
+    """Call train(rank, world) in `processes` processes; raise a PipelineError saying what stopped the run."""
+    if os.environ.get("DVC_STAGE"):  # started by `dvc repro` / `dvc exp run`: go when DVC goes
+        die_with_parent()
+    if processes == 1:
+        train(0, 1)
+        return
+    # The launcher hosts the store the workers meet at: a free port chosen by the system, no race for one.
+    store = dist.TCPStore(HOST, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout_seconds))
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="finetune-reports-") as reports:
+        workers = [
+            spawn.Process(target=worker, args=(train, rank, processes, store.port, reports), name=f"finetune-{rank}")
+            for rank in range(processes)
+        ]
+        try:
+            for process in workers:
+                process.start()
+            failed = first_failure(workers)
+            if failed is None:
+                return
+            # The others usually fail at their next collective within a second: let them say why, then stop them.
+            deadline = time.monotonic() + GRACE_SECONDS
+            for process in workers:
+                process.join(max(0.0, deadline - time.monotonic()))
+            still_running = [rank for rank, process in enumerate(workers) if process.is_alive()]
+        finally:
+            for process in workers:
+                if process.is_alive():
+                    process.kill()  # SIGKILL: a stopped (SIGSTOP) process ignores SIGTERM until it is continued
+                    process.join()
+        report = read_reports(Path(reports), workers)
+    explain(report, workers, failed, still_running, timeout_seconds)
+
+
+def first_failure(workers: list) -> int | None:
+    """Wait until every worker has exited (None) or one has failed (its rank)."""
+    running = {process.sentinel: rank for rank, process in enumerate(workers)}
+    while running:
+        for sentinel in multiprocessing.connection.wait(list(running)):
+            rank = running.pop(sentinel)
+            workers[rank].join()
+            if workers[rank].exitcode != 0:
+                return rank
+    return None
+
+
+def worker(train: Callable[[int, int], None], rank: int, world: int, port: int, reports: str) -> None:
+    """One process of the run: train, and on failure leave a report (what kind, what message) for the launcher."""
+    die_with_parent()
+    # tqdm's default lock is a named semaphore: one left by a killed process makes the launcher's
+    # resource tracker warn after the run's message. The bars never span processes: a thread lock does.
+    tqdm.set_lock(threading.RLock())
+    os.environ.update(  # what torchrun sets, for the libraries that look (join_group reads MASTER_*)
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR=HOST,
+        MASTER_PORT=str(port),
+    )
+    try:
+        train(rank, world)
+        return
+    except PipelineError as err:
+        report = {"kind": "error", "message": str(err)}
+    except RuntimeError as err:
+        report = {"kind": collective_failure(err) or "crash", "message": traceback.format_exc()}
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal's group: exit quietly
+        os._exit(130)
+    except BaseException:  # a bug: its traceback is the report
+        report = {"kind": "crash", "message": traceback.format_exc()}
+    Path(reports, f"{rank}.json").write_text(json.dumps(report), encoding="utf-8")
+    sys.exit(1)
+
+
+def collective_failure(err: RuntimeError) -> str | None:
+    """What a failed collective says: "timeout" (it waited finetune.timeout_seconds), "peer" (another process
+    went away), or None for any other error. gloo and nccl raise RuntimeError (or DistError, a subclass of it)
+    with only the message to tell them apart."""
+    text = str(err).lower()
+    if isinstance(err, dist.DistError) or "gloo" in text or "nccl" in text:
+        return "timeout" if "timed out" in text or "timeout" in text else "peer"
+    return None
+
+
+def join_group(backend: str, rank: int, world: int, timeout_seconds: int) -> None:
+    """Join the run's process group (a worker of run()), with a bounded timeout on every collective."""
+    timeout = timedelta(seconds=timeout_seconds)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
+def read_reports(folder: Path, workers: list) -> dict[int, dict]:
+    found = {}
+    for rank in range(len(workers)):
+        path = folder / f"{rank}.json"
+        if path.exists():
+            found[rank] = json.loads(path.read_text(encoding="utf-8"))
+    return found
+
+
+def explain(report: dict[int, dict], workers: list, failed: int, still_running: list[int], timeout: int) -> None:
+    """Raise the one message for the run: the project's own error first, then a lost process, a stall, a bug."""
+    world = len(workers)
+    errors = [rank for rank in sorted(report) if report[rank]["kind"] == "error"]
+    if errors:
+        raise PipelineError(report[errors[0]]["message"])
+    lost = [rank for rank, process in enumerate(workers) if process.exitcode != 0 and rank not in report]
+    lost = [rank for rank in lost if rank not in still_running]
+    if lost:
+        rank = failed if failed in lost else lost[0]
+        code = workers[rank].exitcode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        hint = " (the kernel's out-of-memory killer sends SIGKILL: see `dmesg`)" if code == -signal.SIGKILL else ""
+        raise PipelineError(
+            f"finetune: process {rank} (pid {workers[rank].pid}) of {world} {how}{hint}; the run stopped."
+        )
+    timed_out = [rank for rank in sorted(report) if report[rank]["kind"] == "timeout"]
+    if timed_out:
+        stalled = [rank for rank in still_running if rank not in report] or [
+            rank for rank in range(world) if rank not in timed_out
+        ]
+        named = ", ".join(f"{rank} (pid {workers[rank].pid})" for rank in stalled)
+        raise PipelineError(
+            f"finetune: process {named} of {world} stopped answering: process(es) "
+            f"{', '.join(map(str, timed_out))} waited finetune.timeout_seconds = {timeout} s for it in a collective "
+            "and the run stopped. Was it stopped (kill -STOP), swapped out or starved of CPU? "
+            "If a process legitimately needs longer between steps, raise finetune.timeout_seconds."
+        )
+    crashed = [rank for rank in sorted(report) if report[rank]["kind"] == "crash"]
+    if crashed:  # not a user error: show the bug's traceback, once
+        print(f"finetune: process {crashed[0]} of {world} failed:\n{report[crashed[0]]['message']}", file=sys.stderr)
+        sys.exit(1)
+    last = report.get(failed, {}).get("message", f"exit code {workers[failed].exitcode}").strip().splitlines()[-1]
+    raise PipelineError(f"finetune: process {failed} of {world} failed ({last}); the run stopped.")
