@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from zh_sentiment import encoder, precision
+from zh_sentiment import precision
 from zh_sentiment.finetune import choose_autocast
 from zh_sentiment.precision import choose_precision
 
@@ -36,7 +36,7 @@ def test_auto_takes_bf16_only_where_the_probe_shows_it_clearly_faster(cache, fp3
     # what embed and finetune then choose, with those figures in the cache
     assert choose_precision("auto", torch.device("cpu")) == expected
     assert choose_autocast("auto", torch.device("cpu")) == expected
-    assert encoder.precision_probe("auto", torch.device("cpu")) == decision
+    assert precision.precision_probe("auto", torch.device("cpu")) == decision
 
 
 def test_the_decision_is_taken_once_per_machine_and_torch_version(cache, monkeypatch):
@@ -78,6 +78,6 @@ def test_an_explicit_or_gpu_precision_runs_no_probe(cache, monkeypatch):
     assert choose_autocast("bf16", torch.device("cpu")) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert choose_autocast("auto", torch.device("cuda")) == "bf16"
-    assert encoder.precision_probe("fp32", torch.device("cpu")) is None
-    assert encoder.precision_probe("auto", torch.device("cuda")) is None
+    assert precision.precision_probe("fp32", torch.device("cpu")) is None
+    assert precision.precision_probe("auto", torch.device("cuda")) is None
     assert not cache.exists()
