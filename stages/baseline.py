@@ -4,7 +4,8 @@ The vectorizer learns its vocabulary and IDF from train only; each C in baseline
 on train and scored on validation, and the C with the best validation accuracy (ties: the
 smaller C, the stronger regularisation) is the one scored on test. Test never picks anything.
 
-Writes metrics/baseline.json and metrics/baseline/ (see zh_sentiment/report.py), plus
+Writes models/baseline/ (the fitted vectorizer and classifier, model.skops, and model.json),
+metrics/baseline.json and metrics/baseline/ (see zh_sentiment/report.py), plus
 metrics/baseline/validation.csv: the validation accuracy of every C tried.
 """
 
@@ -17,15 +18,15 @@ import pandas as pd
 from joblib import Parallel, delayed
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
 from tqdm import tqdm
 
+from zh_sentiment.baseline import save_baseline
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import Baseline, load_params
-from zh_sentiment.paths import CLEAN_DIR, LABELS_FILE, SPLITS, model_reports
+from zh_sentiment.paths import BASELINE, CLEAN_DIR, LABELS_FILE, SPLITS, model_dir, model_reports
 from zh_sentiment.report import write_test_report
-
-BASELINE = "baseline"
 
 
 def read_split(split: str) -> tuple[list[str], np.ndarray]:
@@ -92,14 +93,19 @@ def main() -> None:
     write_csv(model_reports(BASELINE) / "validation.csv", table)
     best = table[table["chosen"]].iloc[0]
     print(f"baseline: C = {best['C']} chosen on validation, {time.perf_counter() - start:.1f} s to fit")
-    write_test_report(
-        BASELINE,
-        y_test,
-        probabilities(model, x_test, len(label_names)),
-        label_names,
-        test_texts,
-        best["validation_accuracy"],
-    )
+    p_test = probabilities(model, x_test, len(label_names))
+    headline = write_test_report(BASELINE, y_test, p_test, label_names, test_texts, best["validation_accuracy"])
+    info = {
+        "model": None,
+        "max_length": None,  # reads every character
+        "pooling": None,
+        "precision": None,
+        "num_labels": len(label_names),
+        "label_names": label_names,
+        "validation": {"accuracy": float(best["validation_accuracy"]), "C": float(best["C"])},
+        "test": {key: value for key, value in headline.items() if key != "validation_accuracy"},
+    }
+    save_baseline(Pipeline([("tfidf", vectorizer), ("classifier", model)]), info, model_dir(BASELINE))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ zh_sentiment/report.py): the same files every model writes.
 import pandas as pd
 import torch
 
-from zh_sentiment.classifier import load_classifier, load_features
+from zh_sentiment.classifier import load_features, load_head
 from zh_sentiment.errors import run
+from zh_sentiment.model_folder import read_info
 from zh_sentiment.params import load_params
 from zh_sentiment.paths import CLEAN_DIR, FROZEN_HEAD, model_dir
 from zh_sentiment.report import write_test_report
@@ -22,7 +23,8 @@ def probabilities(head: torch.nn.Linear, split: str) -> tuple:
 
 def main() -> None:
     load_params()  # evaluate has no params of its own, but a broken params.yaml still stops it
-    head, info = load_classifier(model_dir(FROZEN_HEAD))
+    info = read_info(model_dir(FROZEN_HEAD))
+    head = load_head(model_dir(FROZEN_HEAD), info)
     y_validation, p_validation = probabilities(head, "validation")
     y_test, p_test = probabilities(head, "test")
     texts = pd.read_csv(CLEAN_DIR / "test.csv", dtype={"text": str}, keep_default_na=False)["text"].tolist()

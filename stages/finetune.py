@@ -2,8 +2,8 @@
 
 Reads data/states/ (the states entering the first trained layer, cached by embed) or, with
 layers: all, data/tokens/; and the encoder's starting weights from model.name. Writes
-models/finetuned/ (the whole encoder in safetensors, its tokenizer, head.pt, model.json:
-self-contained), metrics/finetuned/history.csv, curves.png and training.json, and the test report
+models/finetuned/ (a standard Hugging Face sequence-classification folder, with model.json),
+metrics/finetuned/history.csv, curves.png and training.json, and the test report
 (metrics/finetuned.json and metrics/finetuned/*.csv, see zh_sentiment/report.py).
 
 One process: `python -m stages.finetune`. Several (data-parallel, DDP; gloo on CPU, nccl on
@@ -16,11 +16,13 @@ import os
 import pandas as pd
 import torch
 import torch.distributed as dist
+from transformers.utils import logging as transformers_logging
 
-from zh_sentiment.classifier import save_classifier
-from zh_sentiment.encoder import choose_device, load_encoder, load_tokenizer, use_all_cores
+from zh_sentiment.encoder import choose_device, load_classification_model, load_tokenizer, use_all_cores
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.finetune import FineTuned, Tokens, fit, log_probabilities
+from zh_sentiment.model_folder import SELF, describe, non_finite_weights, write_info
+from zh_sentiment.outputs import atomic_dir
 from zh_sentiment.params import load_params
 from zh_sentiment.paths import (
     CLEAN_DIR,
@@ -70,42 +72,67 @@ def load_split(split: str, start: int | None, layers) -> CachedStates | Tokens:
     return CachedStates(STATES_DIR / f"{split}.safetensors")
 
 
+def check_finite(model: torch.nn.Module, probabilities: torch.Tensor) -> None:
+    """A diverged run must leave no model behind: NaN weights would give NaN scores that look like answers."""
+    bad = non_finite_weights(model)
+    if bad or not probabilities.isfinite().all():
+        what = f"{len(bad)} weight tensors (e.g. {bad[0]})" if bad else "its test scores"
+        raise PipelineError(
+            f"finetune: the trained model has non-finite {what}: training diverged. Lower finetune.lr, "
+            "raise finetune.warmup_ratio or lower finetune.max_grad_norm, and run again."
+        )
+
+
+def save_model(model: torch.nn.Module, tokenizer, info: dict, folder) -> None:
+    """models/finetuned, whole and atomically: a standard Hugging Face folder (config.json with id2label,
+    model.safetensors, the tokenizer) that AutoModelForSequenceClassification and pipeline() load, and
+    model.json with the sha256 of each of its files."""
+    tokenizer.model_max_length = info["max_length"]  # pipeline() truncates where training did (truncation=True)
+    transformers_logging.disable_progress_bar()  # "Writing model shards"
+    with atomic_dir(folder) as out:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        write_info(out, describe(FINETUNED, info, out))
+
+
 def main() -> None:
     all_params = load_params()
     params = all_params.finetune
     rank, world, device = start_processes(params.device)
     tokenization = json.loads(TOKENIZATION_FILE.read_text(encoding="utf-8"))
     label_names = json.loads(LABELS_FILE.read_text(encoding="utf-8"))["names"]
-    encoder = load_encoder(tokenization["model"], device, "fp32")
-    start = first_trained_layer(params.layers, encoder.config.num_hidden_layers)
+    torch.manual_seed(params.seed)  # the new head's (and a missing pooler's) initial weights: the same in every process
+    classifier = load_classification_model(tokenization["model"], label_names)
+    start = first_trained_layer(params.layers, classifier.config.num_hidden_layers)
     train, validation, test = (load_split(split, start, params.layers) for split in ("train", "validation", "test"))
-    torch.manual_seed(params.seed)  # the head's initial weights: the same in every process
-    model = FineTuned(encoder, len(label_names), all_params.embed.pooling, start).to(device)
+    model = FineTuned(classifier, start).to(device)
     if rank == 0:
-        what = "every layer" if start is None else f"layers {start + 1}..{encoder.config.num_hidden_layers}"
+        what = "every layer" if start is None else f"layers {start + 1}..{classifier.config.num_hidden_layers}"
         print(f"finetune: {tokenization['model']}, {what} + head, {world} process(es) on {device}")
 
     best_state, best, history = fit(model, train, validation, params, device, rank, world)
     if rank == 0:
         model.load_state_dict(best_state)
-        log_p = log_probabilities(model, test, torch.arange(len(test)), params.batch_size, device)
+        probabilities = log_probabilities(model, test, torch.arange(len(test)), params.batch_size, device).exp()
+        model = model.model.cpu()
+        check_finite(model, probabilities)
+        texts = pd.read_csv(CLEAN_DIR / "test.csv", dtype={"text": str}, keep_default_na=False)["text"].tolist()
+        # the reports first, the model folder last: a model exists only together with its reports
+        write_training_report(FINETUNED, history, best, processes=world)
+        headline = write_test_report(
+            FINETUNED, test.labels.numpy(), probabilities.numpy(), label_names, texts, best["validation_accuracy"]
+        )
         info = {
-            "kind": FINETUNED,
-            "model": ".",  # the encoder is in the model folder itself
+            "model": SELF,  # the encoder is the model folder itself
             "max_length": tokenization["max_length"],
-            "pooling": all_params.embed.pooling,
-            "precision": "bf16" if device.type == "cuda" else "fp32",
+            "pooling": "model",  # the architecture's own head (BERT: its pooler on [CLS])
+            "precision": "fp32",  # the weights; inference runs in fp32 unless told otherwise
             "num_labels": len(label_names),
             "label_names": label_names,
+            "validation": {"accuracy": best["validation_accuracy"], "loss": best["validation_loss"]},
+            "test": {key: value for key, value in headline.items() if key != "validation_accuracy"},
         }
-        tokenizer = load_tokenizer(tokenization["model"])
-        save_classifier(model.head.cpu(), info, model_dir(FINETUNED), encoder=model.encoder, tokenizer=tokenizer)
-        write_training_report(FINETUNED, history, best, processes=world)
-        texts = pd.read_csv(CLEAN_DIR / "test.csv", dtype={"text": str}, keep_default_na=False)["text"].tolist()
-        probabilities = log_p.exp().numpy()
-        write_test_report(
-            FINETUNED, test.labels.numpy(), probabilities, label_names, texts, best["validation_accuracy"]
-        )
+        save_model(model, load_tokenizer(tokenization["model"]), info, model_dir(FINETUNED))
     if world > 1:
         dist.destroy_process_group()
 

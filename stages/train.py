@@ -1,6 +1,6 @@
 """train: fit a linear head on the cached features; keep the epoch with the best validation accuracy.
 
-Writes models/frozen_head/ (head.pt, model.json), metrics/frozen_head/training.json
+Writes models/frozen_head/ (head.pt, model.json with the validation accuracy), metrics/frozen_head/training.json
 (the best epoch), metrics/frozen_head/history.csv (loss and accuracy per epoch, a plot)
 and metrics/frozen_head/curves.png (the same as an image, which `dvc plots show` shows offline).
 """
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import trange
 
-from zh_sentiment.classifier import load_features, save_classifier
+from zh_sentiment.classifier import load_features, save_frozen_head
 from zh_sentiment.errors import run
 from zh_sentiment.params import Train, load_params
 from zh_sentiment.paths import EMBEDDING_FILE, FROZEN_HEAD, LABELS_FILE, model_dir
@@ -91,8 +91,14 @@ def main() -> None:
     label_names = json.loads(LABELS_FILE.read_text(encoding="utf-8"))["names"]
 
     head, best, history = fit(load_features("train"), load_features("validation"), len(label_names), params)
-    info = {"kind": FROZEN_HEAD, **encoder, "num_labels": len(label_names), "label_names": label_names}
-    save_classifier(head, info, model_dir(FROZEN_HEAD))
+    info = {
+        **encoder,  # the encoder, max_length, pooling and precision the features were made with
+        "num_labels": len(label_names),
+        "label_names": label_names,
+        "validation": {"accuracy": best["validation_accuracy"], "loss": best["validation_loss"]},
+        "test": None,  # measured by the evaluate stage, in metrics/frozen_head.json
+    }
+    save_frozen_head(head, info, model_dir(FROZEN_HEAD))
     write_training_report(FROZEN_HEAD, history, best)
     print(f"train: best epoch {best['epoch']} of {len(history)}, validation accuracy {best['validation_accuracy']:.4f}")
 

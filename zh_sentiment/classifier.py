@@ -1,74 +1,26 @@
-"""The trained classifier: a linear head and, in model.json, what it needs to read new reviews.
+"""The frozen head: a linear layer on the frozen encoder's pooled features (the course's recipe).
 
-A model folder holds everything predict needs (encoder id or folder, max_length, pooling,
-precision, label names, a fingerprint of the encoder's weights), so it can be copied and
-used elsewhere. Every model folder is written by save_classifier and read by load_classifier,
-which checks model.json against ModelInfo, the one schema of that file.
+models/frozen_head holds head.pt and model.json (zh_sentiment/model_folder.py), which names the
+encoder (a hub id or an absolute folder) and records the fingerprints of its files: the head is
+only ever applied to the features of the very encoder it was trained on.
 """
 
-import hashlib
-import json
 import warnings
 from pathlib import Path
-from typing import Annotated, Literal
 
 import torch
 from huggingface_hub import snapshot_download
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors.torch import load_file
 
 from zh_sentiment.errors import PipelineError
-from zh_sentiment.outputs import atomic_dir, write_json
-from zh_sentiment.paths import FEATURES_DIR, HEAD_FILE, INFO_FILE, WEIGHT_FILES, must_be_local
-
-SELF = "."  # `model` of a finetuned folder: the encoder is saved in the model folder itself
-
-
-class ModelInfo(BaseModel):
-    """model.json."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    kind: Literal["frozen_head", "finetuned"]
-    model: Annotated[str, Field(min_length=1)]  # hub id, absolute folder, or "." (this folder)
-    max_length: Annotated[int, Field(ge=3)]
-    pooling: Literal["cls", "mean"]
-    precision: Literal["fp32", "bf16", "fp16", "int8"]
-    num_labels: Annotated[int, Field(ge=2)]
-    label_names: list[Annotated[str, Field(min_length=1)]]
-    fingerprint: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]  # of the encoder's weight files
-
-    @model_validator(mode="after")
-    def names_match_labels(self) -> "ModelInfo":
-        if len(self.label_names) != self.num_labels:
-            raise ValueError(f"label_names has {len(self.label_names)} names for num_labels = {self.num_labels}")
-        if len(set(self.label_names)) != len(self.label_names):
-            raise ValueError(f"label_names are not unique: {self.label_names}")
-        return self
-
-
-def validate_info(raw, path: Path) -> dict:
-    try:
-        return ModelInfo.model_validate(raw).model_dump()
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in err.errors()
-        )
-        raise PipelineError(
-            f"{path} is not a valid model description ({problems}). Train the model again "
-            "(`dvc repro`), or copy the whole model folder again."
-        ) from None
+from zh_sentiment.model_folder import describe, write_info
+from zh_sentiment.outputs import atomic_dir
+from zh_sentiment.paths import FEATURES_DIR, FROZEN_HEAD, HEAD_FILE, INFO_FILE, must_be_local
 
 
 def load_features(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     tensors = load_file(FEATURES_DIR / f"{split}.safetensors")
     return tensors["features"], tensors["labels"]
-
-
-def encoder_location(info: dict, folder: Path) -> str:
-    """Where to load the encoder from: model.json's `model`, where "." is the model folder itself."""
-    return str(folder.resolve()) if info["model"] == SELF else info["model"]
 
 
 def weights_folder(name: str) -> Path:
@@ -88,40 +40,6 @@ def weights_folder(name: str) -> Path:
             f"model '{name}' is not in the Hugging Face cache here, so its weights cannot be fingerprinted. "
             "Load it once (AutoModel.from_pretrained) or point at a local model folder."
         ) from err
-
-
-def weight_files(folder: Path) -> list[Path]:
-    for name in WEIGHT_FILES:
-        path = folder / name
-        if path.is_file():
-            if name.endswith(".index.json"):  # sharded: the index and every shard it names
-                shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
-                return [path, *(folder / shard for shard in shards)]
-            return [path]
-    return []
-
-
-def fingerprint(folder: Path) -> str:
-    """sha256 over the weight files from_pretrained would load from `folder` (names and contents)."""
-    files = weight_files(folder)
-    if not files:
-        raise PipelineError(f"{folder}: no weight file ({', '.join(WEIGHT_FILES)}) to fingerprint.")
-    digest = hashlib.sha256()
-    for path in files:
-        with open(path, "rb") as f:
-            digest.update(path.name.encode() + b"\0" + hashlib.file_digest(f, "sha256").digest())
-    return "sha256:" + digest.hexdigest()
-
-
-def check_encoder(info: dict, location: str, info_file: Path) -> None:
-    """Refuse an encoder whose weights are not those the head was trained on: same shape, other features."""
-    found = fingerprint(weights_folder(location))
-    if found != info["fingerprint"]:
-        raise PipelineError(
-            f"{info_file}: the encoder at {location} is not the one this head was trained on (weights "
-            f"fingerprint {found[:19]}…, recorded {info['fingerprint'][:19]}…). Put the training encoder back "
-            f"there, or train the head again on this one (`dvc repro`)."
-        )
 
 
 def check_head(state, num_labels: int, path: Path) -> None:
@@ -145,39 +63,25 @@ def check_head(state, num_labels: int, path: Path) -> None:
         )
 
 
-def save_classifier(head: torch.nn.Linear, info: dict, folder: Path, encoder=None, tokenizer=None) -> None:
-    """Write the model folder whole, atomically: head.pt, and model.json with the fingerprint of the encoder's weights.
-
-    A fine-tuned model brings its encoder and tokenizer, saved into the folder itself (`model` "." in info).
-    """
+def save_frozen_head(head: torch.nn.Linear, info: dict, folder: Path) -> dict:
+    """Write models/frozen_head whole, atomically: head.pt, and model.json with the fingerprints of head.pt and
+    of the encoder's files (config, weights, tokenizer), wherever `info["model"]` says the encoder is."""
     state = {key: value.detach().cpu().contiguous() for key, value in head.state_dict().items()}
+    check_head(state, info["num_labels"], folder / HEAD_FILE)
+    if not all(torch.isfinite(value).all() for value in state.values()):
+        raise PipelineError(f"{folder / HEAD_FILE}: the trained head has non-finite weights; lower train.lr.")
     with atomic_dir(folder) as out:
-        if encoder is not None:
-            encoder.save_pretrained(out)  # safetensors
-            tokenizer.save_pretrained(out)
-        location = encoder_location(info, out)
-        record = validate_info({**info, "fingerprint": fingerprint(weights_folder(location))}, folder / INFO_FILE)
-        check_head(state, record["num_labels"], folder / HEAD_FILE)
         torch.save(state, out / HEAD_FILE)
-        write_json(out / INFO_FILE, record)
+        record = describe(FROZEN_HEAD, info, out, extra=(HEAD_FILE,), encoder=weights_folder(info["model"]))
+        write_info(out, record)
+    return record
 
 
-def load_classifier(folder: Path) -> tuple[torch.nn.Linear, dict]:
-    """The head and model.json (checked against ModelInfo)."""
-    info_file, head_file = folder / INFO_FILE, folder / HEAD_FILE
-    if not head_file.exists() or not info_file.exists():
-        raise PipelineError(
-            f"no trained model in {folder}/ ({HEAD_FILE} and {INFO_FILE} are needed): run `dvc repro` first, "
-            "or pass the folder of a trained model."
-        )
-    try:
-        raw = json.loads(info_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PipelineError(
-            f"{info_file} is not valid JSON ({err}). Train the model again (`dvc repro`), "
-            "or copy the whole model folder again."
-        ) from None
-    info = validate_info(raw, info_file)
+def load_head(folder: Path, info: dict) -> torch.nn.Linear:
+    """head.pt of a frozen_head folder, as a Linear (only tensors are unpickled: weights_only)."""
+    head_file = folder / HEAD_FILE
+    if not head_file.is_file():
+        raise PipelineError(f"{folder} has no {HEAD_FILE}: copy the whole model folder again, or train it again.")
     try:
         with warnings.catch_warnings():  # a foreign pickle protocol warns before it is refused
             warnings.simplefilter("ignore")
@@ -192,4 +96,4 @@ def load_classifier(folder: Path) -> tuple[torch.nn.Linear, dict]:
     check_head(state, info["num_labels"], head_file)
     head = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
     head.load_state_dict(state)
-    return head.eval().requires_grad_(False), info
+    return head.eval().requires_grad_(False)

@@ -4,6 +4,7 @@ Shared by tokenize (tokenizer and length limit), embed, predict and the benchmar
 """
 
 import inspect
+import json
 import os
 import warnings
 from pathlib import Path
@@ -11,7 +12,14 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from tqdm import tqdm
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import logging as transformers_logging
 
 from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.paths import WEIGHT_FILES, must_be_local
@@ -19,6 +27,32 @@ from zh_sentiment.paths import WEIGHT_FILES, must_be_local
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a BERT-like forward may take
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def refuse_remote_code(folder: Path, source: str) -> None:
+    """A folder that asks to run its own Python is refused before anything in it is loaded: a config that
+    names custom code (`auto_map`), or Python files beside the weights. (Every from_pretrained here also
+    passes trust_remote_code=False; without this check transformers would ask on stdin, and `yes | ...`
+    would answer.)"""
+    for name in ("config.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue  # from_pretrained reports an unreadable config in its own words
+            if isinstance(raw, dict) and "auto_map" in raw:
+                raise PipelineError(
+                    f"{source}: {path} names custom code (auto_map: {json.dumps(raw['auto_map'])[:120]}). "
+                    "This project never runs code that comes with a model; use a folder of a standard "
+                    "transformers architecture, saved with save_pretrained."
+                )
+    code = sorted(p.name for p in folder.glob("*.py"))
+    if code:
+        raise PipelineError(
+            f"{source}: {folder} holds Python files ({', '.join(code[:5])}). This project never runs code that "
+            "comes with a model: remove them, or use a folder saved with save_pretrained."
+        )
 
 
 def check_model_folder(name: str, need_weights: bool, source: str) -> None:
@@ -31,6 +65,7 @@ def check_model_folder(name: str, need_weights: bool, source: str) -> None:
         if must_be_local(name):
             raise PipelineError(f"{source}: model folder {folder} does not exist.")
         return
+    refuse_remote_code(folder, source)
     wanted = {"config.json": ("config.json",), "tokenizer (tokenizer.json or vocab.txt)": TOKENIZER_FILES}
     if need_weights:
         wanted["weights (model.safetensors or pytorch_model.bin)"] = WEIGHT_FILES
@@ -68,7 +103,8 @@ def from_hub(loader, name: str, source: str):
 
 def load_tokenizer(name: str, source: str = "model.name") -> PreTrainedTokenizerBase:
     check_model_folder(name, need_weights=False, source=source)
-    tokenizer = from_hub(AutoTokenizer.from_pretrained, name, source)
+    # never run code that comes with a model: explicit, whatever the library's default
+    tokenizer = from_hub(lambda n: AutoTokenizer.from_pretrained(n, trust_remote_code=False), name, source)
     if not tokenizer.is_fast:
         raise PipelineError(f"{source}: {name} has no fast tokenizer (tokenizer.json or vocab.txt).")
     tokenizer.padding_side = "right"  # embed cuts each batch at its longest review: padding must come last
@@ -96,7 +132,8 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_lengt
 def max_positions(name: str, source: str = "model.name") -> int:
     """The longest input the model takes, from its config: a local tokenizer often does not declare it."""
     check_model_folder(name, need_weights=False, source=source)
-    return from_hub(AutoConfig.from_pretrained, name, source).max_position_embeddings
+    config = from_hub(lambda n: AutoConfig.from_pretrained(n, trust_remote_code=False), name, source)
+    return config.max_position_embeddings
 
 
 def choose_device(requested: str, source: str = "embed.device") -> torch.device:
@@ -138,27 +175,43 @@ def choose_precision(requested: str, device: torch.device, source: str = "embed"
     return "fp32"
 
 
-def load_encoder(name: str, device: torch.device, precision: str, source: str = "model.name") -> torch.nn.Module:
+def load_pretrained(name: str, source: str = "model.name", auto_class=AutoModel, **kwargs) -> torch.nn.Module:
+    """`auto_class.from_pretrained(name)` in fp32 with SDPA attention, never running code from the folder;
+    a truncated or corrupt weights file, or a hub failure, becomes one clear message."""
     check_model_folder(name, need_weights=True, source=source)
     folder = Path(name).expanduser()
 
     def load(n: str) -> torch.nn.Module:
-        return AutoModel.from_pretrained(n, attn_implementation="sdpa", dtype=torch.float32)
+        return auto_class.from_pretrained(
+            n, attn_implementation="sdpa", dtype=torch.float32, trust_remote_code=False, **kwargs
+        )
 
+    transformers_logging.disable_progress_bar()  # a "Loading weights" bar per load is noise in a stage's log
     if not folder.is_dir():
-        model = from_hub(load, name, source)
-    else:
-        try:
-            model = load(name)
-        except (OSError, RuntimeError, EOFError, ValueError, SafetensorError) as err:
-            # a truncated copy or download: safetensors ("incomplete metadata") or torch's zip reader
-            files = ", ".join(f for f in WEIGHT_FILES if (folder / f).exists())
-            raise PipelineError(
-                f"{source}: the weights in {folder} ({files}) cannot be read: {first_line(err).split('. ')[0]}. "
-                "The file is probably truncated or corrupt: copy the model folder again, or save it again "
-                "with save_pretrained."
-            ) from err
-    model.eval().requires_grad_(False)
+        return from_hub(load, name, source)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its load report lists the new head's weights: expected here
+    try:
+        return load(name)
+    except (OSError, RuntimeError, EOFError, ValueError, SafetensorError) as err:
+        # a truncated copy or download: safetensors ("incomplete metadata") or torch's zip reader
+        files = ", ".join(f for f in WEIGHT_FILES if (folder / f).exists())
+        raise PipelineError(
+            f"{source}: the weights in {folder} ({files}) cannot be read: {first_line(err).split('. ')[0]}. "
+            "The file is probably truncated or corrupt: copy the model folder again, or save it again "
+            "with save_pretrained."
+        ) from err
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+def load_encoder(name: str, device: torch.device, precision: str, source: str = "model.name") -> torch.nn.Module:
+    """The frozen encoder (AutoModel: no task head), in `precision` on `device`, for inference."""
+    return to_precision(load_pretrained(name, source).eval().requires_grad_(False), device, precision)
+
+
+def to_precision(model: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
+    """An inference model in `precision` on `device` (int8: dynamic quantization of its Linear layers, CPU)."""
     if precision == "int8":
         with warnings.catch_warnings():
             # torch.ao quantization still works in torch 2.13 but warns that it moves to torchao
@@ -166,6 +219,19 @@ def load_encoder(name: str, device: torch.device, precision: str, source: str = 
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return model.to(device=device, dtype=DTYPES[precision])
+
+
+def load_classification_model(name: str, label_names: list[str], source: str = "model.name") -> torch.nn.Module:
+    """The standard *ForSequenceClassification model on `name`'s encoder, labelled with `label_names`:
+    a fresh head (seed first) on a plain encoder, or the trained model of a finetuned folder."""
+    return load_pretrained(
+        name,
+        source,
+        AutoModelForSequenceClassification,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={label: i for i, label in enumerate(label_names)},
+    )
 
 
 def use_all_cores() -> None:

@@ -1,4 +1,4 @@
-"""Fine-tuning: the encoder's top N layers (or all of them) and a linear head, trained together.
+"""Fine-tuning: the encoder's top N layers (or all of them) and its sequence-classification head, trained together.
 
 With `finetune.layers: N` the lower L-N layers stay frozen, so the hidden states that enter
 layer L-N never change: embed computes them once (data/states/, real tokens only, fp16) and
@@ -21,7 +21,7 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 from transformers.masking_utils import create_bidirectional_mask
 
-from zh_sentiment.encoder import TOKEN_INPUTS, pool
+from zh_sentiment.encoder import TOKEN_INPUTS
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.params import Finetune
 
@@ -60,47 +60,53 @@ def length_grouped_batches(lengths: torch.Tensor, batch_size: int, generator: to
 
 
 class FineTuned(torch.nn.Module):
-    """The encoder with a linear head on its pooled output; layers from `start` up train (all when start is None).
+    """A standard *ForSequenceClassification model (what models/finetuned holds, what `pipeline` loads);
+    its layers from `start` up and its head train (every weight when start is None).
 
-    It takes a batch of tokens (the whole encoder runs) or of cached states (only the layers from
-    `start` up run): both compute the same thing, since the frozen layers below stay in eval mode.
+    It takes a batch of tokens (the whole model runs) or of cached states (only the layers from `start`
+    up, then the head, run): both compute the same logits, since the frozen layers below stay in eval mode.
+    The head is the architecture's own; for BERT: its pooler (dense + tanh on [CLS]), dropout, a linear layer.
     """
 
-    def __init__(self, encoder: torch.nn.Module, num_labels: int, pooling: str, start: int | None):
+    def __init__(self, model: torch.nn.Module, start: int | None):
         super().__init__()
-        if start is not None and not hasattr(getattr(encoder, "encoder", None), "layer"):
+        base = model.base_model
+        layers = getattr(getattr(base, "encoder", None), "layer", None)
+        if start is not None and (layers is None or getattr(base, "pooler", None) is None):
             raise PipelineError(
-                f"finetune.layers: a number needs a BERT-style encoder (encoder.layer); "
-                f"{type(encoder).__name__} is not one. Set finetune.layers: all."
+                f"finetune.layers: a number needs a BERT-style model (encoder.layer and a pooler); "
+                f"{type(model).__name__} is not one. Set finetune.layers: all."
             )
-        self.encoder, self.pooling, self.start = encoder, pooling, start
-        self.head = torch.nn.Linear(encoder.config.hidden_size, num_labels)
-        encoder.requires_grad_(start is None)
+        self.model, self.start = model, start
+        model.requires_grad_(start is None)
         if start is not None:
-            encoder.encoder.layer[start:].requires_grad_(True)
-        if getattr(encoder, "pooler", None) is not None:
-            encoder.pooler.requires_grad_(False)  # BERT's pooler feeds neither pooling; DDP wants no idle weights
+            for trained in (layers[start:], base.pooler, model.dropout, model.classifier):
+                trained.requires_grad_(True)
+
+    @property
+    def num_labels(self) -> int:
+        return self.model.config.num_labels
 
     def train(self, mode: bool = True):
         super().train(mode)
         if self.start is not None:  # frozen layers: no dropout, as when embed cached their output
-            self.encoder.embeddings.eval()
-            self.encoder.encoder.layer[: self.start].eval()
+            self.model.base_model.embeddings.eval()
+            self.model.base_model.encoder.layer[: self.start].eval()
         return self
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        mask = batch["attention_mask"]
-        if "states" in batch:
-            hidden = batch["states"]
-            # The mask BertModel.forward builds for its layers (transformers 5: padding keys masked out;
-            # None for sdpa when nothing is padded): the layers then compute what they compute inside BertModel.
-            config = self.encoder.config
-            layer_mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
-            for layer in self.encoder.encoder.layer[self.start :]:
-                hidden = layer(hidden, layer_mask)
-        else:
-            hidden = self.encoder(**{key: batch[key] for key in TOKEN_INPUTS if key in batch}).last_hidden_state
-        return self.head(pool(hidden, mask, self.pooling))
+        if "states" not in batch:
+            return self.model(**{key: batch[key] for key in TOKEN_INPUTS if key in batch}).logits
+        base, hidden = self.model.base_model, batch["states"]
+        # The mask BertModel.forward builds for its layers (transformers 5: padding keys masked out;
+        # None for sdpa when nothing is padded): the layers then compute what they compute inside BertModel.
+        mask = create_bidirectional_mask(
+            config=base.config, inputs_embeds=hidden, attention_mask=batch["attention_mask"]
+        )
+        for layer in base.encoder.layer[self.start :]:
+            hidden = layer(hidden, mask)
+        # BertForSequenceClassification.forward from here: pooler, dropout, classifier
+        return self.model.classifier(self.model.dropout(base.pooler(hidden)))
 
 
 def make_optimizer(model: torch.nn.Module, params: Finetune) -> torch.optim.AdamW:
@@ -137,7 +143,7 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
 def log_probabilities(model: FineTuned, split, index: torch.Tensor, batch_size: int, device) -> torch.Tensor:
     """Log class probabilities of the reviews `index` (in that order), batched longest first."""
     model.eval()
-    out = torch.empty(len(index), model.head.out_features)
+    out = torch.empty(len(index), model.num_labels)
     order = torch.argsort(split.lengths[index], descending=True, stable=True)
     for rows in order.split(batch_size):
         with autocast(device):

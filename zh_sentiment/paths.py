@@ -18,8 +18,8 @@ STATES_DIR = Path("data/states")  # hidden states entering the top finetune.laye
 STATES_FILE = STATES_DIR / "states.json"
 
 MODELS_DIR = Path("models")
-HEAD_FILE = "head.pt"  # in every model folder: the linear head's state dict
-INFO_FILE = "model.json"  # in every model folder: what predict needs to apply it (zh_sentiment.classifier.ModelInfo)
+HEAD_FILE = "head.pt"  # in models/frozen_head: the linear head's state dict
+INFO_FILE = "model.json"  # in every model folder: what predict needs to apply it (zh_sentiment.model_folder.ModelInfo)
 
 # The weight files of a model folder, in the order from_pretrained prefers them.
 WEIGHT_FILES = (
@@ -28,6 +28,8 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+BASELINE = "baseline"  # TF-IDF + logistic regression (stage baseline)
+BASELINE_FILE = "model.skops"  # in models/baseline: the fitted scikit-learn pipeline, saved without pickle
 FROZEN_HEAD = "frozen_head"  # a linear head on the frozen encoder's features (stages train, evaluate)
 FINETUNED = "finetuned"  # the encoder's top layers (or all) trained with a head (stage finetune)
 

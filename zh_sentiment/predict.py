@@ -1,13 +1,15 @@
-"""zh-sentiment predict: classify new reviews with the trained model in models/.
+"""zh-sentiment predict: classify new reviews with a trained model (by default the best on validation).
 
     zh-sentiment predict "这家酒店很干净" "书的质量太差了"
     zh-sentiment predict --input reviews.csv --output predictions.csv [--text-column text]
-    zh-sentiment predict --input reviews.tsv --columns label,text   # a file without a header row
+    zh-sentiment predict --input labelled.csv --label-column label     # also score the model on the file
+    zh-sentiment predict --input reviews.tsv --columns label,text       # a file without a header row
     cat reviews.txt | zh-sentiment predict -
 
-Everything it needs (encoder, max_length, pooling, label names) comes from the
-model folder, not from params.yaml, so a trained models/ folder works anywhere.
-Texts get the same normalisation as in the clean stage.
+Everything it needs (encoder, max_length, pooling, label names) comes from the model folder,
+not from params.yaml, so a trained models/ folder works anywhere. Texts get the same
+normalisation as in the clean stage; empty reviews are skipped and counted, and reviews that
+were truncated or that the model's vocabulary hardly knows are noted per review.
 """
 
 import argparse
@@ -16,29 +18,22 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import torch
+from scipy.special import softmax
+from sklearn.metrics import confusion_matrix
 from tqdm import tqdm
-from transformers.utils import logging as transformers_logging
 
-from zh_sentiment.classifier import check_encoder, encoder_location, load_classifier
-from zh_sentiment.encoder import (
-    choose_device,
-    choose_precision,
-    embed,
-    encode_texts,
-    load_encoder,
-    load_tokenizer,
-    use_all_cores,
-)
 from zh_sentiment.errors import PipelineError, first_line
+from zh_sentiment.inference import MODEL_NAMES, Note, choose_model, load_model
+from zh_sentiment.metrics import classification_metrics
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import Embed, check_value
-from zh_sentiment.paths import FINETUNED, FROZEN_HEAD, INFO_FILE, model_dir
 from zh_sentiment.tables import codec_for, read_table, require_columns
 from zh_sentiment.text import normalize_text
 
-CHUNK = 2048  # reviews tokenized and embedded together: bounds memory on large files
+CHUNK = 2048  # reviews tokenized and scored together: bounds memory on large files
+ADDED_COLUMNS = ("predicted", "probability", "notes")  # and probability_<label> per class
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--text-column", default="text", help="column of --input that holds the reviews (default: text)"
     )
     parser.add_argument(
+        "--label-column",
+        help="column of --input with the true labels (names or ids): also print accuracy, macro F1, confusion",
+    )
+    parser.add_argument(
         "--columns",
         type=lambda value: [name.strip() for name in value.split(",")],
         help="--input has no header row; these are its columns in order, e.g. label,text",
@@ -57,11 +56,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--encoding", default="auto", help="encoding of --input (default: auto: UTF-8/16/32, GBK/GB18030 or Big5)"
     )
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        help="trained model folder (default: models/finetuned when it exists, else models/frozen_head)",
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--model",
+        choices=MODEL_NAMES,
+        help="which trained model in models/ (default: the one with the best validation accuracy)",
     )
+    which.add_argument("--model-dir", type=Path, help="a trained model folder, wherever it is")
     # checked as embed.batch_size, embed.device and embed.precision are in params.yaml
     parser.add_argument(
         "--batch-size", type=as_embed("batch_size", int), default=32, help="reviews per encoder batch (default: 32)"
@@ -87,16 +88,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--encoding {args.encoding}: unknown encoding; use auto, utf-8, gb18030, big5, ...")
     if args.output and not args.input:
         parser.error("--output goes with --input")
-    if args.model_dir is None:
-        finetuned = model_dir(FINETUNED)
-        args.model_dir = finetuned if (finetuned / INFO_FILE).exists() else model_dir(FROZEN_HEAD)
+    if args.label_column and not args.input:
+        parser.error("--label-column goes with --input")
     return args
 
 
-def check_output(path: Path) -> None:
-    """Before any inference: a path that cannot be written would fail only once all the work is done."""
+def check_output(path: Path, input_path: Path) -> None:
+    """Before any inference: a path that cannot be written would fail only once all the work is done,
+    and the input is never overwritten."""
     if path.is_dir():
         raise PipelineError(f"--output {path} is a folder; give a file name, e.g. {path / 'predictions.csv'}.")
+    if path.exists() and input_path.exists() and path.samefile(input_path):
+        raise PipelineError(
+            f"--output {path} is the --input file: predict never overwrites its input. Give another file name."
+        )
     folder = path.parent
     while not folder.exists() and folder != folder.parent:  # write_csv creates the missing folders
         folder = folder.parent
@@ -154,106 +159,132 @@ def as_embed(key: str, convert=str):
 
 
 def read_reviews(args: argparse.Namespace) -> tuple[list[str], pd.DataFrame | None]:
-    """The normalised texts, and the input table when reading a file."""
+    """The normalised texts ("" for an empty review: skipped, and counted), and the input table of a file."""
     if args.input:
         if not args.input.is_file():
             raise PipelineError(f"--input {args.input}: no such file.")
         decode(args.input.read_bytes(), args.encoding, f"--input {args.input}")  # clear messages first
         table = read_table(args.input, args.encoding, args.columns, "--encoding", "--columns")
-        require_columns(list(table.columns), {"--text-column": args.text_column}, str(args.input), "--columns")
+        wanted = {"--text-column": args.text_column}
+        if args.label_column:
+            wanted["--label-column"] = args.label_column
+        require_columns(list(table.columns), wanted, str(args.input), "--columns")
         raw = table[args.text_column].fillna("").tolist()
     elif args.texts == ["-"]:
-        table, raw = None, [line for line in read_stdin(args.encoding).splitlines() if line.strip()]
+        table, raw = None, read_stdin(args.encoding).splitlines()
     else:
         table, raw = None, args.texts
     texts = [normalize_text(str(text))[0] for text in raw]
-    empty = [i + 1 for i, text in enumerate(texts) if not text]
-    if empty:
-        where = f"{args.input}, column '{args.text_column}'" if args.input else "the reviews given"
-        shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
-        raise PipelineError(
-            f"{where}: {len(empty)} review(s) without text (row 1 = first review): {shown}. "
-            "Fill them in or remove them."
-        )
-    if not texts:
-        raise PipelineError("no reviews to classify.")
+    if not any(texts):
+        raise PipelineError("no reviews to classify: every one given is empty.")
     return texts, table
 
 
-def choose_settings(device_name: str, requested: str | None, recorded: str) -> tuple[torch.device, str]:
-    """The device, and the precision: the one the head was trained with unless --precision says otherwise.
-
-    Features in another precision differ (int8 against fp32: centred cosine 0.89), so an override warns.
-    """
-    if requested is None and recorded == "int8" and device_name == "auto":
-        device_name = "cpu"  # int8 (dynamic quantization) runs on the CPU only
-    device = choose_device(device_name, "--device")
-    precision = choose_precision(requested or recorded, device, "predict")
-    if precision != recorded:
-        print(
-            f"predict: warning: encoder precision {precision} (--precision) differs from the {recorded} the head "
-            "was trained with (model.json): predictions may differ from the evaluated ones.",
-            file=sys.stderr,
-        )
-    return device, precision
+def say_skipped(texts: list[str], where: str) -> None:
+    empty = [i + 1 for i, text in enumerate(texts) if not text]
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
+        print(f"predict: {len(empty)} empty review(s) skipped ({where} {shown}).", file=sys.stderr)
 
 
-def predict(
-    texts: list[str], model_dir: Path, batch_size: int, device_name: str, precision: str | None = None
-) -> tuple[torch.Tensor, list[str]]:
-    """Class probabilities (one row per text) and the class names."""
-    transformers_logging.disable_progress_bar()  # the "Loading weights" bar on every call is noise in a CLI
-    head, info = load_classifier(model_dir)
-    info_file = model_dir / INFO_FILE
-    source = f"'model' in {info_file}"
-    location = encoder_location(info, model_dir)
-    print(f"predict: model {model_dir} ({info['kind']})", file=sys.stderr)
-    tokenizer = load_tokenizer(location, source)
-    device, precision = choose_settings(device_name, precision, info["precision"])
-    use_all_cores()
-    encoder = load_encoder(location, device, precision, source)
-    check_encoder(info, location, info_file)
-    config = encoder.config
-    if head.in_features != config.hidden_size:
+def say_notes(notes: list[list[Note]], where: str) -> None:
+    """One line per kind of note: how many reviews, and which."""
+    for code, what in (
+        ("truncated", "truncated to the model's max_length"),
+        ("all_unknown", "made only of characters the model does not know: their labels are guesses"),
+        ("unknown_tokens", "with over 5% characters the model does not know"),
+    ):
+        rows = [i + 1 for i, review in enumerate(notes) if any(note.code == code for note in review)]
+        if rows:
+            shown = ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")
+            print(f"predict: {len(rows)} review(s) {what} ({where} {shown}).", file=sys.stderr)
+
+
+def label_ids(values: list, names: list[str], where: str) -> np.ndarray:
+    """True labels given as names (as the model's label_names) or as ids 0..k-1."""
+    ids, bad = [], []
+    for row, value in enumerate(values, start=1):
+        text = str(value).strip()
+        if text in names:
+            ids.append(names.index(text))
+        elif text.isdigit() and int(text) < len(names):
+            ids.append(int(text))
+        else:
+            bad.append(f"row {row}: {text!r}")
+    if bad:
         raise PipelineError(
-            f"{model_dir / 'head.pt'} takes {head.in_features} features but the encoder at {location} gives "
-            f"{config.hidden_size}. Copy the whole model folder again, or train the model again."
+            f"{where}: {len(bad)} label(s) the model does not have ({', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}). Labels are {', '.join(names)} or their ids 0..{len(names) - 1}."
         )
-    if info["max_length"] > config.max_position_embeddings:
-        raise PipelineError(
-            f"{info_file}: max_length = {info['max_length']} is more than the encoder at {location} takes "
-            f"({config.max_position_embeddings} positions). Set max_length to {config.max_position_embeddings} or "
-            "less there, or train the model again."
-        )
-    probabilities = []
-    with tqdm(total=len(texts), unit="review", desc="predict", disable=len(texts) <= batch_size) as bar:
-        for start in range(0, len(texts), CHUNK):
-            chunk = texts[start : start + CHUNK]
-            tokens = encode_texts(tokenizer, chunk, info["max_length"])
-            features = embed(encoder, tokens, info["pooling"], batch_size, device)
-            probabilities.append(torch.softmax(head(features), dim=1))
-            bar.update(len(chunk))
-    return torch.cat(probabilities), info["label_names"]
+    return np.array(ids)
+
+
+def score_file(y_true: np.ndarray, probabilities: np.ndarray, names: list[str]) -> str:
+    """Accuracy, macro F1 (and ROC AUC) and the confusion matrix, as a report to print."""
+    metrics = classification_metrics(y_true, probabilities)
+    matrix = pd.DataFrame(
+        confusion_matrix(y_true, probabilities.argmax(1), labels=list(range(len(names)))),
+        index=[f"actual {name}" for name in names],
+        columns=[f"predicted {name}" for name in names],
+    )
+    shown = ", ".join(f"{key} {metrics[key]:.4f}" for key in ("accuracy", "f1_macro", "roc_auc") if key in metrics)
+    return f"scored {metrics['n']} labelled reviews: {shown}\n{matrix.to_string()}"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.output:
-        check_output(args.output)
+        check_output(args.output, args.input)
     texts, table = read_reviews(args)
-    probabilities, names = predict(texts, args.model_dir, args.batch_size, args.device, args.precision)
+    folder, reason = (args.model_dir, "given with --model-dir") if args.model_dir else choose_model(name=args.model)
+    classifier = load_model(folder, args.device, args.precision)
+    print(f"predict: model {folder} ({classifier.kind}): {reason}", file=sys.stderr)
+    names = classifier.label_names
+    if table is not None:
+        clash = [name for name in (*ADDED_COLUMNS, *(f"probability_{n}" for n in names)) if name in table.columns]
+        if args.output and clash:
+            raise PipelineError(
+                f"--input {args.input} already has the column(s) {', '.join(clash)}, which --output would "
+                "overwrite: rename them in the file first."
+            )
+    where = "row" if args.input else "line" if args.texts == ["-"] else "review"
+    say_skipped(texts, where)
+    kept = [i for i, text in enumerate(texts) if text]
+    logits, notes = np.zeros((len(texts), len(names)), dtype=np.float32), [[] for _ in texts]
+    with tqdm(total=len(kept), unit="review", desc="predict", disable=len(kept) <= args.batch_size) as bar:
+        for start in range(0, len(kept), CHUNK):
+            chunk = kept[start : start + CHUNK]
+            chunk_logits, chunk_notes = classifier.score([texts[i] for i in chunk], args.batch_size)
+            logits[chunk] = chunk_logits
+            for i, review_notes in zip(chunk, chunk_notes):
+                notes[i] = review_notes
+            bar.update(len(chunk))
+    say_notes(notes, where)
+    probabilities = softmax(logits, axis=1)
     best = probabilities.argmax(1)
+    if args.label_column:
+        y_true = label_ids(table[args.label_column].tolist(), names, f"--input {args.input}, --label-column")
+        print(score_file(y_true[kept], probabilities[kept], names))
     if args.output:
-        result = table.assign(
-            predicted=[names[i] for i in best],
-            probability=probabilities.max(1).values.numpy().round(4),
-            **{f"probability_{name}": probabilities[:, i].numpy().round(4) for i, name in enumerate(names)},
-        )
-        try:
-            write_csv(args.output, result)
-        except OSError as err:  # write_csv leaves no .tmp behind
-            raise PipelineError(f"--output {args.output}: cannot write it ({first_line(err)}).") from err
-        print(f"predict: {len(texts)} reviews -> {args.output}")
-    else:
-        for text, label, probability in zip(texts, best, probabilities.max(1).values):
-            print(f"{names[label]}\t{probability:.4f}\t{text}")
+        write_predictions(args.output, table, texts, probabilities, notes, names)
+        print(f"predict: {len(kept)} reviews -> {args.output}")
+    elif not args.label_column:
+        for i in kept:
+            codes = ", ".join(note.code for note in notes[i])
+            print(f"{names[best[i]]}\t{probabilities[i, best[i]]:.4f}\t{texts[i]}" + (f"\t[{codes}]" if codes else ""))
+
+
+def write_predictions(path: Path, table: pd.DataFrame, texts: list[str], probabilities, notes, names) -> None:
+    """The input rows with predicted, probability, probability_<label> and notes; empty reviews get none."""
+    empty = np.array([not text for text in texts])
+    rounded = np.where(empty[:, None], np.nan, probabilities.round(4))
+    columns = {
+        "predicted": np.where(empty, "", np.array(names)[probabilities.argmax(1)]),
+        "probability": rounded.max(1),
+        **{f"probability_{name}": rounded[:, i] for i, name in enumerate(names)},
+        "notes": ["empty review" if skip else "; ".join(n.message for n in found) for found, skip in zip(notes, empty)],
+    }
+    try:
+        write_csv(path, table.assign(**columns))
+    except OSError as err:  # write_csv leaves no .tmp behind
+        raise PipelineError(f"--output {path}: cannot write it ({first_line(err)}).") from err

@@ -1,0 +1,303 @@
+"""Apply a trained model to new reviews: the Python API behind `zh-sentiment predict` and `serve`.
+
+    from zh_sentiment.inference import choose_model, load_model
+    folder, reason = choose_model()                 # the best trained model by validation accuracy
+    classifier = load_model(folder)
+    logits, notes = classifier.score(["这家酒店很干净", "书的质量太差了"])
+
+Every kind of model folder (baseline, frozen_head, finetuned) loads into a Classifier with the
+same interface: `score` normalises the texts as the clean stage does, batches them longest first
+and returns raw scores (logits; a row's softmax is its probabilities) and, per text, notes in
+plain words: empty, truncated, unknown tokens. Loading checks model.json, refuses folders that
+carry code, and refuses files that differ from those the model was trained with.
+"""
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from zh_sentiment.baseline import load_baseline
+from zh_sentiment.classifier import load_head, weights_folder
+from zh_sentiment.encoder import (
+    TOKEN_INPUTS,
+    choose_device,
+    choose_precision,
+    encode_texts,
+    forward_inputs,
+    load_classification_model,
+    load_encoder,
+    load_tokenizer,
+    pool,
+    refuse_remote_code,
+    to_precision,
+)
+from zh_sentiment.errors import PipelineError
+from zh_sentiment.model_folder import (
+    MODEL_NAMES,
+    SELF,
+    check_files,
+    non_finite_weights,
+    read_info,
+)
+from zh_sentiment.paths import INFO_FILE, MODELS_DIR, model_metrics
+from zh_sentiment.text import normalize_text
+
+__all__ = ["MODEL_NAMES", "Classifier", "Note", "choose_model", "load_model"]
+
+UNKNOWN_NOTE = 0.05  # as the tokenize stage warns: a model that knows under 95% of a review's tokens guesses
+CHARS_PER_TOKEN = 8  # a review is cut at this many characters per token read before it is tokenized
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something a person should know about one review's score. code: empty, truncated, unknown_tokens, all_unknown."""
+
+    code: str
+    message: str
+
+
+def token_batches(lengths: list[int], batch_size: int, max_batch_tokens: int | None) -> list[list[int]]:
+    """Indices in batches, longest first, of at most batch_size reviews and (padded) max_batch_tokens tokens."""
+    batches, batch = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        # sorted longest first: the batch's first review sets its padded width
+        width = lengths[batch[0]] if batch else lengths[i]
+        if batch and (len(batch) == batch_size or (max_batch_tokens and (len(batch) + 1) * width > max_batch_tokens)):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    return batches + [batch] if batch else batches
+
+
+class Classifier:
+    """A trained model folder, ready to score reviews."""
+
+    kind: str
+    max_length: int | None
+
+    def __init__(self, folder: Path, info: dict):
+        self.folder, self.info = folder, info
+        self.label_names: list[str] = info["label_names"]
+        self.max_length = info["max_length"]
+        if info["test"] is None:  # the frozen head is measured by its own stage (evaluate), into metrics/
+            metrics = folder.parent.parent / model_metrics(info["kind"])
+            if folder.parent.name == MODELS_DIR.name and folder.name == info["kind"] and metrics.is_file():
+                self.info = {**info, "test": json.loads(metrics.read_text(encoding="utf-8"))}
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Each text's cost in a batch: its tokens after truncation (characters for the baseline)."""
+        raise NotImplementedError
+
+    def score(
+        self, texts: list[str], batch_size: int = 32, max_batch_tokens: int | None = None
+    ) -> tuple[np.ndarray, list[list[Note]]]:
+        """Raw scores [len(texts), num_labels] (float32 logits) and each text's notes."""
+        texts = [normalize_text(str(text))[0] for text in texts]
+        notes = [[] if text else [Note("empty", "empty review: there is no text to classify")] for text in texts]
+        logits = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
+        if texts:
+            self._score(texts, logits, notes, batch_size, max_batch_tokens)
+        if not np.isfinite(logits).all():
+            raise PipelineError(
+                f"{self.folder}: the model gives non-finite scores (NaN or inf): it is broken. Train it again."
+            )
+        return logits, notes
+
+    def _score(self, texts, logits, notes, batch_size, max_batch_tokens) -> None:
+        raise NotImplementedError
+
+
+class Baseline(Classifier):
+    kind = "baseline"
+
+    def __init__(self, folder: Path, info: dict):
+        super().__init__(folder, info)
+        self.pipeline = load_baseline(folder)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(text) for text in texts]
+
+    def _score(self, texts, logits, notes, batch_size, max_batch_tokens) -> None:
+        x = self.pipeline.named_steps["tfidf"].transform(texts)
+        model = self.pipeline.named_steps["classifier"]
+        probabilities = np.full((len(texts), len(self.label_names)), 1e-12)
+        probabilities[:, model.classes_] = np.maximum(model.predict_proba(x), 1e-12)
+        logits[:] = np.log(probabilities)  # log-probabilities: raw scores whose softmax is the probabilities
+        for i, text in enumerate(texts):
+            if text and x[i].nnz == 0:
+                notes[i].append(
+                    Note("all_unknown", "no character sequence of this review occurs in the training data: a guess")
+                )
+
+
+class Encoded(Classifier):
+    """The models that read tokens: the frozen head and the fine-tuned model."""
+
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+
+    def readable(self, texts: list[str]) -> list[str]:
+        """Each text cut to what its first max_length tokens can come from, so that a 1 MB "review" is not
+        tokenized whole: every token takes at least one character, so text[:CHARS_PER_TOKEN * max_length]
+        nearly always holds them; where it does not (words of over CHARS_PER_TOKEN characters), the whole text."""
+        limit = CHARS_PER_TOKEN * self.max_length
+        cut = [text[:limit] for text in texts]
+        lengths = self.count_tokens_of(cut)
+        return [
+            text if len(text) > limit and length < self.max_length else short
+            for text, short, length in zip(texts, cut, lengths)
+        ]
+
+    def count_tokens_of(self, texts: list[str]) -> list[int]:
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self.count_tokens_of(self.readable(texts))
+
+    def _score(self, texts, logits, notes, batch_size, max_batch_tokens) -> None:
+        readable = self.readable(texts)
+        tokens = encode_texts(self.tokenizer, readable, self.max_length)
+        self._note_tokens(texts, readable, tokens, notes)
+        lengths = tokens["lengths"].tolist()
+        for batch in token_batches(lengths, batch_size, max_batch_tokens):
+            width = max(lengths[i] for i in batch)
+            index = torch.tensor(batch)
+            inputs = {key: tokens[key][index, :width].to(self.device, torch.long) for key in self.inputs}
+            with torch.inference_mode():
+                logits[batch] = self._logits(inputs).float().cpu().numpy()
+
+    def _note_tokens(self, texts: list[str], readable: list[str], tokens: dict, notes: list[list[Note]]) -> None:
+        """Truncated reviews and reviews the vocabulary hardly knows, as tokenize reports them for the data."""
+        ids, mask = tokens["input_ids"], tokens["attention_mask"].bool()
+        special = torch.tensor(self.tokenizer.all_special_ids)
+        unknown = (ids == self.tokenizer.unk_token_id).sum(1)
+        words = (mask & ~torch.isin(ids, special)).sum(1)
+        full = self.tokenizer(readable, add_special_tokens=False, verbose=False)["input_ids"]
+        for i, text in enumerate(texts):
+            if not text:
+                continue
+            if len(full[i]) > words[i] or len(readable[i]) < len(text):
+                notes[i].append(
+                    Note(
+                        "truncated",
+                        f"long review ({len(text):,} characters): only its first {int(words[i])} tokens were read",
+                    )
+                )
+            share = int(unknown[i]) / max(int(words[i]), 1)
+            if words[i] and share == 1:
+                notes[i].append(Note("all_unknown", "the model knows none of this review's characters: a guess"))
+            elif share > UNKNOWN_NOTE:
+                notes[i].append(Note("unknown_tokens", f"the model does not know {share:.0%} of this review's tokens"))
+
+    def _logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class FrozenHead(Encoded):
+    kind = "frozen_head"
+
+    def __init__(self, folder: Path, info: dict, device: str, precision: str | None):
+        super().__init__(folder, info)
+        info_file = folder / INFO_FILE
+        source = f"'model' in {info_file}"
+        check_files(info["files"], folder, "the model folder", info_file)
+        encoder_folder = weights_folder(info["model"])
+        refuse_remote_code(encoder_folder, source)
+        check_files(info["encoder_files"], encoder_folder, "the encoder", info_file)
+        self.head = load_head(folder, info)
+        self.device, self.precision = settings(device, precision, info["precision"])
+        self.tokenizer = load_tokenizer(info["model"], source)
+        self.encoder = load_encoder(info["model"], self.device, self.precision, source)
+        self.inputs = forward_inputs(self.encoder)
+        if self.head.in_features != self.encoder.config.hidden_size:
+            raise PipelineError(
+                f"{folder / 'head.pt'} takes {self.head.in_features} features but the encoder gives "
+                f"{self.encoder.config.hidden_size}. Copy the whole model folder again, or train the model again."
+            )
+
+    def _logits(self, inputs):
+        hidden = self.encoder(**inputs).last_hidden_state
+        return self.head(pool(hidden, inputs["attention_mask"], self.info["pooling"]).cpu())
+
+
+class FineTuned(Encoded):
+    kind = "finetuned"
+
+    def __init__(self, folder: Path, info: dict, device: str, precision: str | None):
+        super().__init__(folder, info)
+        info_file = folder / INFO_FILE
+        if info["model"] != SELF:
+            raise PipelineError(f"{info_file}: a finetuned model's 'model' is \".\" (the folder itself).")
+        check_files(info["files"], folder, "the model folder", info_file)
+        self.device, self.precision = settings(device, precision, info["precision"])
+        source = f"model folder {folder}"
+        self.tokenizer = load_tokenizer(str(folder), source)
+        model = load_classification_model(str(folder), self.label_names, source)
+        bad = non_finite_weights(model)
+        if bad:
+            raise PipelineError(f"{folder}: {len(bad)} weight tensors are NaN or inf (e.g. {bad[0]}): train it again.")
+        self.model = to_precision(model.eval().requires_grad_(False), self.device, self.precision)
+        self.inputs = [key for key in TOKEN_INPUTS if key in forward_inputs(model)]
+
+    def _logits(self, inputs):
+        return self.model(**inputs).logits
+
+
+def settings(device_name: str, requested: str | None, recorded: str) -> tuple[torch.device, str]:
+    """The device, and the precision: the one the model was trained with unless `requested` says otherwise.
+
+    Features in another precision differ (int8 against fp32: centred cosine 0.89), so an override warns.
+    """
+    if requested is None and recorded == "int8" and device_name == "auto":
+        device_name = "cpu"  # int8 (dynamic quantization) runs on the CPU only
+    device = choose_device(device_name, "--device")
+    precision = choose_precision(requested or recorded, device, "predict")
+    if precision != recorded:
+        print(
+            f"warning: precision {precision} (--precision) differs from the {recorded} the model was trained and "
+            "measured with (model.json): scores may differ from the evaluated ones.",
+            file=sys.stderr,
+        )
+    return device, precision
+
+
+def load_model(folder: Path, device: str = "auto", precision: str | None = None) -> Classifier:
+    """The model in `folder` (any kind), checked; a PipelineError names what is wrong and what to do."""
+    folder = Path(folder)
+    info = read_info(folder)
+    refuse_remote_code(folder, f"model folder {folder}")
+    if info["kind"] == "baseline":
+        if precision is not None:
+            raise PipelineError("--precision applies to the BERT models; the baseline has none.")
+        check_files(info["files"], folder, "the model folder", folder / INFO_FILE)
+        return Baseline(folder, info)
+    if info["kind"] == "frozen_head":
+        return FrozenHead(folder, info, device, precision)
+    return FineTuned(folder, info, device, precision)
+
+
+def choose_model(models_dir: Path = MODELS_DIR, name: str | None = None) -> tuple[Path, str]:
+    """The folder of the model `name`, or of the trained model with the best validation accuracy
+    (ties: the cheaper one, in MODEL_NAMES' order), and the reason, in words."""
+    if name is not None:
+        if name not in MODEL_NAMES:
+            raise PipelineError(f"--model {name}: expected one of {', '.join(MODEL_NAMES)}.")
+        return models_dir / name, "chosen with --model"
+    trained = {}
+    for kind in MODEL_NAMES:
+        if (models_dir / kind / INFO_FILE).is_file():
+            trained[kind] = read_info(models_dir / kind)["validation"]["accuracy"]
+    if not trained:
+        raise PipelineError(
+            f"no trained model in {models_dir}/ ({', '.join(MODEL_NAMES)}): run `dvc repro` first, "
+            "or pass --model-dir with a trained model folder."
+        )
+    best = max(trained, key=lambda kind: (trained[kind], -MODEL_NAMES.index(kind)))
+    ranking = ", ".join(f"{kind} {accuracy:.4f}" for kind, accuracy in sorted(trained.items(), key=lambda kv: -kv[1]))
+    return models_dir / best, f"the best validation accuracy of the trained models ({ranking})"
