@@ -26,7 +26,7 @@ from zh_sentiment.encoder import use_all_cores
 from zh_sentiment.outputs import write_json
 from zh_sentiment.sandbox import ROOT
 
-MEASUREMENTS = ["encoder_speed", "classic", "rerun", "memory", "precision", "finetune_cost"]
+MEASUREMENTS = ["encoder_speed", "classic", "rerun", "memory", "precision", "finetune_cost", "serving"]
 RESULTS_FILE = ROOT / "bench" / "results.json"
 
 

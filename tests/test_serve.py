@@ -15,7 +15,7 @@ import pytest
 
 from tests.fixtures import NEGATIVE, POSITIVE
 from tests.server import Server, running_server
-from zh_sentiment.inference import MODEL_NAMES, load_model
+from zh_sentiment.inference import choose_model, load_model
 from zh_sentiment.sandbox import python_first_env
 
 GOOD = "这家酒店" + POSITIVE[0] + POSITIVE[1] + "。"
@@ -27,8 +27,9 @@ MAX_INPUTS, MAX_CHARS, MAX_BODY = 8, 500, 100_000
 
 @pytest.fixture(scope="module")
 def server(trained_project):
+    """The fine-tuned model (a standard Hugging Face folder, what TEI serves too), with small limits."""
     limits = ["--max-inputs", str(MAX_INPUTS), "--max-input-chars", str(MAX_CHARS), "--max-body-bytes", str(MAX_BODY)]
-    with running_server(trained_project.path, *limits) as server:
+    with running_server(trained_project.path, "--model", "finetuned", *limits) as server:
         yield server
 
 
@@ -193,14 +194,14 @@ def test_malformed_json_or_wrong_types_get_422_naming_the_problem(server, body, 
 
 def test_health_and_info_describe_the_model_served(server, info, offline):
     assert server.get("/health")[0] == 200
-    assert info["kind"] == offline.kind in MODEL_NAMES
+    assert info["kind"] == offline.kind == "finetuned"
     assert info["label_names"] == offline.label_names
     assert info["max_length"] == info["max_input_length"] == offline.max_length
     assert info["validation"] == offline.info["validation"] and info["test"] == offline.info["test"]
     assert info["fingerprint"].startswith("sha256:") and info["fingerprint"] == offline.info["fingerprint"]
     assert info["model_type"]["classifier"]["id2label"] == {str(i): name for i, name in enumerate(offline.label_names)}
     assert info["max_client_batch_size"] == MAX_INPUTS and info["max_input_chars"] == MAX_CHARS
-    assert info["chosen_because"]
+    assert info["chosen_because"] == "chosen with --model"
 
 
 def test_metrics_count_requests_time_them_and_show_batches_and_the_queue(server):
@@ -332,15 +333,17 @@ def test_bad_settings_are_refused_up_front(trained_project, option, value):
     assert option in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_each_trained_model_can_be_served_by_name(trained_project, name):
-    with running_server(trained_project.path, "--model", name) as server:
+@pytest.mark.parametrize("name", [None, "baseline", "frozen_head"])  # finetuned: the module's server
+def test_by_default_it_serves_the_best_model_by_validation_and_says_why_and_any_by_name(trained_project, name):
+    folder, reason = choose_model(trained_project.path / "models", name)
+    with running_server(trained_project.path, *(["--model", name] if name else [])) as server:
         status, text = server.get("/info")
-        assert status == 200 and json.loads(text)["kind"] == name
+        info = json.loads(text)
         status, answer = server.post({"inputs": [GOOD, BAD]})
         assert status == 200
-        assert f"model models/{name} ({name})" in server.output()
-    expected = probabilities(load_model(trained_project.path / "models" / name, device="cpu"), [GOOD, BAD])
+        output = server.output()
+    assert info["kind"] == folder.name and info["chosen_because"] == reason
+    assert f"serve: model models/{folder.name} ({folder.name}): {reason}" in output
+    expected = probabilities(load_model(folder, device="cpu"), [GOOD, BAD])
     for row, predictions in zip(expected, answer):
-        assert sum(as_dict(predictions).values()) == pytest.approx(1, abs=1e-5)
-        assert max(as_dict(predictions).values()) == pytest.approx(float(row.max()), abs=1e-5)
+        assert as_dict(predictions) == pytest.approx(dict(zip(info["label_names"], row.tolist())), abs=1e-5)

@@ -175,7 +175,8 @@ class Encoded(Classifier):
     def _note_tokens(self, texts: list[str], readable: list[str], tokens: dict, notes: list[list[Note]]) -> None:
         """Truncated reviews and reviews the vocabulary hardly knows, as tokenize reports them for the data."""
         ids, mask = tokens["input_ids"], tokens["attention_mask"].bool()
-        special = torch.tensor(self.tokenizer.all_special_ids)
+        # [UNK] is one of the tokenizer's special tokens, but it stands for a character of the review
+        special = torch.tensor([i for i in self.tokenizer.all_special_ids if i != self.tokenizer.unk_token_id])
         unknown = (ids == self.tokenizer.unk_token_id).sum(1)
         words = (mask & ~torch.isin(ids, special)).sum(1)
         full = self.tokenizer(readable, add_special_tokens=False, verbose=False)["input_ids"]
