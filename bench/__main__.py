@@ -37,6 +37,7 @@ MEASUREMENTS = [
     "finetune_memory",
     "finetune_epochs",
     "default_run",
+    "serving",
 ]
 RESULTS_FILE = ROOT / "bench" / "results.json"
 
