@@ -26,6 +26,7 @@ from transformers import AutoTokenizer, pipeline
 from transformers.utils import logging as transformers_logging
 
 from bench.common import Row, Setup, best_seconds
+from zh_sentiment.distributed import killed_with_parent
 from zh_sentiment.encoder import load_classification_model
 from zh_sentiment.inference import load_model
 from zh_sentiment.model_folder import SELF, describe, write_info
@@ -74,6 +75,7 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
         env=python_first_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=killed_with_parent,  # a benchmark stopped midway leaves no server behind
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from zh_sentiment.distributed import killed_with_parent
 from zh_sentiment.sandbox import python_first_env
 
 
@@ -28,7 +29,14 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would block the server
         command = [sys.executable, "-m", "zh_sentiment", "serve", "--port", str(self.port), "--no-access-log", *args]
-        self.process = subprocess.Popen(command, cwd=cwd, env=python_first_env(), stdout=self.log, stderr=self.log)
+        self.process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=python_first_env(),
+            stdout=self.log,
+            stderr=self.log,
+            preexec_fn=killed_with_parent,  # a test run killed midway leaves no server behind
+        )
 
     def output(self) -> str:
         self.log.seek(0)
