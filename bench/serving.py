@@ -16,7 +16,6 @@ import queue
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,11 +25,10 @@ from transformers import AutoTokenizer, pipeline
 from transformers.utils import logging as transformers_logging
 
 from bench.common import Row, Setup, best_seconds
-from zh_sentiment.distributed import killed_with_parent
 from zh_sentiment.encoder import load_classification_model
 from zh_sentiment.inference import load_model
 from zh_sentiment.model_folder import SELF, describe, write_info
-from zh_sentiment.sandbox import ROOT, python_first_env
+from zh_sentiment.sandbox import ROOT, command_dying_with_parent, python_first_env
 
 LABELS = ["negative", "positive"]
 BATCH_SIZE = 32  # predict's default, and the pipeline's here
@@ -68,14 +66,13 @@ def free_port() -> int:
 
 
 def start_server(folder: Path, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "zh_sentiment", "serve", "--model-dir", str(folder), "--port", str(port)]
+    command = command_dying_with_parent("serve", "--model-dir", str(folder), "--port", str(port))
     process = subprocess.Popen(
         [*command, "--no-access-log"],
         cwd=ROOT,
         env=python_first_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=killed_with_parent,  # a benchmark stopped midway leaves no server behind
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

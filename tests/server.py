@@ -3,7 +3,6 @@
 import json
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -13,8 +12,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from zh_sentiment.distributed import killed_with_parent
-from zh_sentiment.sandbox import python_first_env
+from zh_sentiment.sandbox import command_dying_with_parent, python_first_env
 
 
 def free_port() -> int:
@@ -28,14 +26,13 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would block the server
-        command = [sys.executable, "-m", "zh_sentiment", "serve", "--port", str(self.port), "--no-access-log", *args]
+        command = command_dying_with_parent("serve", "--port", str(self.port), "--no-access-log", *args)
         self.process = subprocess.Popen(
             command,
             cwd=cwd,
             env=python_first_env(),
             stdout=self.log,
             stderr=self.log,
-            preexec_fn=killed_with_parent,  # a test run killed midway leaves no server behind
         )
 
     def output(self) -> str:

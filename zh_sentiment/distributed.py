@@ -66,16 +66,11 @@ def exclusive(what: str) -> Iterator[None]:
         yield  # the lock goes with the file: closed here, or by the kernel when this process dies
 
 
-def killed_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (kept across exec: subprocess.Popen's preexec_fn)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def die_with_parent() -> None:
     """Be killed (SIGKILL) as soon as the process that started this one dies, however it dies."""
     parent = os.getppid()
-    killed_with_parent()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     threading.Thread(target=watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
 
 

@@ -85,3 +85,14 @@ def copy_project(dest: Path, changes: dict, root: Path = ROOT, skip: tuple[str, 
     ):
         git(*command, cwd=dest)
     return dest
+
+
+def command_dying_with_parent(*args: str) -> list[str]:
+    """`python -m zh_sentiment *args` as a process that dies with the one starting it (the tests' and the
+    benchmark's servers: a run stopped midway leaves none behind). The parent-death signal is set in the
+    new interpreter itself: Linux may clear one set before exec (as it does here for root)."""
+    code = (
+        "import sys; from zh_sentiment.distributed import die_with_parent; die_with_parent(); "
+        "from zh_sentiment.cli import main; main(sys.argv[1:])"
+    )
+    return [sys.executable, "-c", code, *args]
