@@ -26,6 +26,7 @@ from zh_sentiment.finetune import FineTuned, Tokens, choose_autocast, fit, log_p
 from zh_sentiment.states import STATES_DTYPE, CachedStates, first_trained_layer, save_states
 
 REVIEWS = 256
+TRAINER_MICRO_BATCH = 8  # 8 x 512 tokens: the padded tokens of our default finetune.max_batch_tokens
 VALIDATION = 8
 TARGETS = {"top": 8.0, "all": 1.3, "ideal": 0.6}  # issue 15's: ours / Trainer's best, ours / arithmetic ideal
 
@@ -74,7 +75,11 @@ def trainer_epoch(setup: Setup, train: Tokens, top: int | None, grouped: bool, b
     data = Dataset.from_dict({**columns, "labels": train.labels.tolist()})
     arguments = TrainingArguments(
         output_dir=str(setup.scratch / "trainer"),
-        per_device_train_batch_size=batch_size,
+        # At batch 32 of reviews up to 512 tokens, Trainer with every layer trainable outgrew this machine's
+        # 24 GB and was killed (measured); a Trainer user fits it with gradient accumulation, so the peer runs
+        # the same optimizer batch as TRAINER_MICRO_BATCH reviews at a time (ours: under finetune.max_batch_tokens).
+        per_device_train_batch_size=min(batch_size, TRAINER_MICRO_BATCH),
+        gradient_accumulation_steps=max(1, batch_size // TRAINER_MICRO_BATCH),
         num_train_epochs=1,
         learning_rate=params.lr,
         weight_decay=params.weight_decay,
