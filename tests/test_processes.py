@@ -1,6 +1,7 @@
 """The fine-tuning processes: none outlives its launcher, one writer at a time, and every way a run
 fails (an error in every process, a killed or stalled process, a full disk) ends in one message."""
 
+import contextlib
 import fcntl
 import json
 import os
@@ -39,9 +40,15 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def child_running(parent: int, command: bytes) -> int:
-    """The child of `parent` whose command line has `command` (DVC runs a stage's cmd through the shell)."""
-    return next(pid for pid in children(parent) if command in Path(f"/proc/{pid}/cmdline").read_bytes())
+def descendant_running(ancestor: int, module: str) -> int:
+    """The process under `ancestor` running `python -m module` (DVC runs a stage's cmd through a shell,
+    which may stay between them)."""
+    for pid in children(ancestor):
+        if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", module.encode()]:
+            return pid
+        with contextlib.suppress(StopIteration):
+            return descendant_running(pid, module)
+    raise StopIteration(f"no `python -m {module}` under {ancestor}")
 
 
 def workers_of(launcher: int) -> list[int]:
@@ -59,9 +66,9 @@ def wait_until(condition, timeout: float, what: str) -> None:
 class Started:
     """A command started in the project, its output read line by line until a marker shows."""
 
-    def __init__(self, project, *command: str):
+    def __init__(self, project, *command: str, env: dict[str, str] | None = None):
         self.project = project
-        env = python_first_env({**os.environ, "PYTHONUNBUFFERED": "1"})
+        env = python_first_env({**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.process = subprocess.Popen(
             command,
             cwd=project.path,
@@ -101,13 +108,16 @@ def assert_one_message(output: str, message: str) -> None:
     assert output.rstrip().splitlines()[-1].startswith(("error: ", "(set PIPELINE_DEBUG")), output
 
 
-def test_killing_dvc_kills_every_training_process(trained_project, tmp_path):
+# DVC runs a stage through $SHELL, /bin/sh when unset: bash replaces itself with the stage, dash stays
+# between them and outlives a killed DVC.
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_killing_dvc_kills_every_training_process(trained_project, tmp_path, shell):
     project = trained_project.copy(tmp_path / "killed")
     project.set_params({**TRAINING, "finetune.processes": 2})
-    repro = Started(project, sys.executable, "-m", "dvc", "repro", "-f", "-s", "finetune")
+    repro = Started(project, sys.executable, "-m", "dvc", "repro", "-f", "-s", "finetune", env={"SHELL": shell})
     try:
         repro.wait_for("finetune epoch 1")
-        launcher = child_running(repro.process.pid, b"stages.finetune")
+        launcher = descendant_running(repro.process.pid, "stages.finetune")
         assert len(workers_of(launcher)) == 2
         os.kill(repro.process.pid, signal.SIGKILL)  # dvc only: nothing it could pass on
         repro.process.wait()

@@ -6,15 +6,13 @@ them, and when one fails stops the others and raises one PipelineError for the w
 torchrun, whose worker runs in a session of its own and outlives a killed launcher, whose failures end in
 a ChildFailedError traceback after each rank's own message, and which costs a second `import torch`.
 
-- No process outlives its launcher: each worker, and the launcher when DVC started it, asks the kernel
-  for SIGKILL when its parent dies (prctl PR_SET_PDEATHSIG, Linux); a thread that watches the parent pid
-  covers other systems and the moment before prctl takes effect.
+- No process outlives its launcher: each worker dies with it (zh_sentiment.lifetime), as the launcher,
+  like every stage, dies with DVC.
 - One writer per project: the launcher holds an exclusive lock (flock) on LOCK_FILE for the whole run.
 - A stalled process (stopped, swapped out, deadlocked) stops the run after finetune.timeout_seconds, the
   timeout of every collective, with a message naming it.
 """
 
-import ctypes
 import fcntl
 import json
 import multiprocessing
@@ -35,10 +33,10 @@ import torch.distributed as dist
 from tqdm.std import tqdm
 
 from zh_sentiment.errors import PipelineError
+from zh_sentiment.lifetime import die_with_parent
 
 LOCK_FILE = Path(".dvc/tmp/finetune.lock")  # outside every DVC output, and not copied by `dvc exp run --queue`
 HOST = "127.0.0.1"  # all processes run on this machine
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 GRACE_SECONDS = 5  # after one process fails: how long the others get to report their own error before being killed
 
 
@@ -66,27 +64,11 @@ def exclusive(what: str) -> Iterator[None]:
         yield  # the lock goes with the file: closed here, or by the kernel when this process dies
 
 
-def die_with_parent() -> None:
-    """Be killed (SIGKILL) as soon as the process that started this one dies, however it dies."""
-    parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    threading.Thread(target=watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
-
-
-def watch_parent(parent: int) -> None:
-    while os.getppid() == parent:  # a dead parent's children are adopted: their parent pid changes
-        time.sleep(0.5)
-    os._exit(1)
-
-
 # --- the run ----------------------------------------------------------------------------------------------------
 
 
 def run(train: Callable[[int, int], None], processes: int, timeout_seconds: int) -> None:
     """Call train(rank, world) in `processes` processes; raise a PipelineError saying what stopped the run."""
-    if os.environ.get("DVC_STAGE"):  # started by `dvc repro` / `dvc exp run`: go when DVC goes
-        die_with_parent()
     if processes == 1:
         train(0, 1)
         return

@@ -4,6 +4,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from zh_sentiment.lifetime import die_with_dvc
+
 
 class PipelineError(Exception):
     """A problem the user can fix: the message names the file, row or param and what to do."""
@@ -17,10 +19,14 @@ def first_line(err: Exception) -> str:
 def run(main: Callable[[], None]) -> None:
     """Run a stage's main(); print a PipelineError as one message and exit 1.
 
-    Set PIPELINE_DEBUG=1 to get the full traceback as well.
+    Set PIPELINE_DEBUG=1 to get the full traceback as well. Under DVC the stage dies with DVC, so a
+    killed `dvc repro` leaves no stage writing outputs behind it.
     """
+    die_with_dvc()
     try:
         main()
+    except KeyboardInterrupt:  # Ctrl-C: DVC says the stage was interrupted; a traceback adds nothing
+        sys.exit(130)
     except PipelineError as err:
         if os.environ.get("PIPELINE_DEBUG"):
             raise

@@ -92,7 +92,7 @@ def command_dying_with_parent(*args: str) -> list[str]:
     benchmark's servers: a run stopped midway leaves none behind). The parent-death signal is set in the
     new interpreter itself: Linux may clear one set before exec (as it does here for root)."""
     code = (
-        "import sys; from zh_sentiment.distributed import die_with_parent; die_with_parent(); "
+        "import sys; from zh_sentiment.lifetime import die_with_parent; die_with_parent(); "
         "from zh_sentiment.cli import main; main(sys.argv[1:])"
     )
     return [sys.executable, "-c", code, *args]
