@@ -19,6 +19,7 @@ NOT_OUTPUT_SHAPING = {
     "zh_sentiment/params.py",  # the schema; DVC tracks the values themselves (`params:`)
     "zh_sentiment/progress.py",  # progress bars
     "zh_sentiment/distributed.py",  # starting and stopping finetune's processes (their number is a param)
+    "zh_sentiment/lifetime.py",  # every stage dying with DVC
 }
 PACKAGES = ("zh_sentiment", "stages")
 
