@@ -200,6 +200,29 @@ def test_a_finetuned_folder_is_a_standard_hugging_face_folder(tiny_finetuned_dir
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
 
+def test_batches_are_cut_by_size_tokens_and_padding():
+    assert inference.token_batches([100, 50, 90, 45], batch_size=32, max_batch_tokens=None) == [[0, 2, 1, 3]]
+    assert inference.token_batches([100, 50, 90, 45], 32, None, min_fill=0.8) == [[0, 2], [1, 3]]
+    assert inference.token_batches([100, 50, 90, 45], 32, max_batch_tokens=200) == [[0, 2], [1, 3]]
+    assert inference.token_batches([100, 50, 90, 45], batch_size=3, max_batch_tokens=None) == [[0, 2, 1], [3]]
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 512, 300).tolist()
+    batches = inference.token_batches(lengths, batch_size=16, max_batch_tokens=4096, min_fill=0.8)
+    assert sorted(i for batch in batches for i in batch) == list(range(300))
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert len(batch) <= 16 and (len(batch) == 1 or len(batch) * width <= 4096)
+        assert all(lengths[i] >= 0.8 * width for i in batch)
+
+
+def test_scores_do_not_depend_on_how_reviews_are_batched(tiny_finetuned_dir):
+    classifier = inference.load_model(tiny_finetuned_dir)
+    texts = reviews(24, seed=3)["text"].tolist()
+    together, _ = classifier.score(texts, batch_size=32)
+    alone = np.concatenate([classifier.score([text])[0] for text in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("file", "edit"),
     [
