@@ -142,7 +142,7 @@ def forward_seconds(model, tokens: dict, inputs: list[str], min_fill: float) -> 
             index = torch.tensor(batch) + first
             width = max(lengths[i] for i in batch)
             with torch.inference_mode():
-                model(**{key: tokens[key][index, :width] for key in inputs})
+                model(**{key: tokens[key][index, :width].long() for key in inputs})
     return time.perf_counter() - start
 
 

@@ -25,6 +25,7 @@ def smoke(tmp_path_factory):
         "finetune_levers",
         "finetune_memory",
         "finetune_epochs",
+        "serving",
         "--results",
         str(folder / "results.json"),
     ]
@@ -41,6 +42,7 @@ def test_every_measurement_asked_for_gives_rows_with_numbers(smoke):
         "finetune_levers",
         "finetune_memory",
         "finetune_epochs",
+        "serving",
     ]
     for rows in results["measurements"].values():
         assert rows and all(isinstance(row["value"], float) and row["value"] == row["value"] for row in rows)
