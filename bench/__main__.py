@@ -108,12 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
             for row in rows:
                 print(f"   {row.measurement}: {row.shown()}  {row.note}", flush=True)
             results["measurements"][name] = [{**asdict(row), "shown": row.shown()} for row in rows]
-    results["wall_seconds"] = round(time.perf_counter() - start, 1)
+    results["wall_seconds"] = wall_seconds = round(time.perf_counter() - start, 1)
     if args.merge and args.results.exists():
         results = merged(json.loads(args.results.read_text(encoding="utf-8")), results)
     write_json(args.results, results)
     update_readme(args.readme, results)
-    print(f"wrote {args.results} and the table in {args.readme} ({results['wall_seconds']:.0f} s)")
+    print(f"wrote {args.results} and the table in {args.readme} ({wall_seconds:.0f} s)")
     return results
 
 

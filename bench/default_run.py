@@ -67,8 +67,9 @@ def measure(setup: Setup) -> list[Row]:
     scale = chnsenticorp_tokens / tokens
     scaled = {stage: min(start_up, seconds) + max(0.0, seconds - start_up) * scale for stage, seconds in times.items()}
     embedding = json.loads((project / "data" / "features" / "embedding.json").read_text(encoding="utf-8"))
-    finetuned = json.loads((project / "models" / "finetuned" / "model.json").read_text(encoding="utf-8"))
-    precision = f"embed in {embedding['precision']}, finetune in {finetuned['precision']}"
+    # the fine-tuned weights are fp32 either way; the training report says whether it ran under bf16 autocast
+    training = json.loads((project / "metrics" / "finetuned" / "training.json").read_text(encoding="utf-8"))
+    precision = f"embed in {embedding['precision']}, finetune in {training['precision']}"
     per_stage = ", ".join(f"{stage} {seconds / 60:.1f}" for stage, seconds in scaled.items())
     return [
         Row(
