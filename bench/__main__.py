@@ -36,6 +36,7 @@ MEASUREMENTS = [
     "finetune_levers",
     "finetune_memory",
     "finetune_epochs",
+    "finetune_compile",
     "default_run",
     "serving",
 ]

@@ -155,9 +155,10 @@ class Batcher:
         except Exception as err:
             self.fail(batch, err)
             return
+        # counted before any answer goes out: a client reading /metrics after its answer sees its batch
+        self.on_batch(len(batch), sum(job.cost for job in batch), time.perf_counter() - start)
         for job, row, job_notes in zip(batch, scores, notes):
             job.deliver((row, job_notes))
-        self.on_batch(len(batch), sum(job.cost for job in batch), time.perf_counter() - start)
 
     def fail(self, jobs: list[Job], err: Exception) -> None:
         traceback.print_exception(err, file=sys.stderr)
