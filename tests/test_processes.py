@@ -1,7 +1,6 @@
 """The fine-tuning processes: none outlives its launcher, one writer at a time, and every way a run
 fails (an error in every process, a killed or stalled process, a full disk) ends in one message."""
 
-import contextlib
 import fcntl
 import json
 import os
@@ -40,15 +39,15 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def descendant_running(ancestor: int, module: str) -> int:
+def descendant_running(ancestor: int, module: str) -> int | None:
     """The process under `ancestor` running `python -m module` (DVC runs a stage's cmd through a shell,
     which may stay between them)."""
     for pid in children(ancestor):
         if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", module.encode()]:
             return pid
-        with contextlib.suppress(StopIteration):
-            return descendant_running(pid, module)
-    raise StopIteration(f"no `python -m {module}` under {ancestor}")
+        if (found := descendant_running(pid, module)) is not None:
+            return found
+    return None
 
 
 def workers_of(launcher: int) -> list[int]:
@@ -118,7 +117,7 @@ def test_killing_dvc_kills_every_training_process(trained_project, tmp_path, she
     try:
         repro.wait_for("finetune epoch 1")
         launcher = descendant_running(repro.process.pid, "stages.finetune")
-        assert len(workers_of(launcher)) == 2
+        assert launcher is not None and len(workers_of(launcher)) == 2
         os.kill(repro.process.pid, signal.SIGKILL)  # dvc only: nothing it could pass on
         repro.process.wait()
         wait_until(lambda: not processes_in(project.path), 10, "every training process died with dvc")

