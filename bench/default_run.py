@@ -11,38 +11,14 @@ Full scale (1,200 reviews): about 10 min on an idle 2-core CPU (needs the snownl
 """
 
 import json
-import os
-import subprocess
 import sys
-import time
 
 from bench.common import Row, Setup, run_child
-from bench.real_reviews import build_splits, find_archive, read_reviews
+from bench.real_reviews import build_splits, find_archive, read_reviews, repro
 from zh_sentiment.encoder import encode_texts
-from zh_sentiment.sandbox import copy_project, python_first_env
+from zh_sentiment.sandbox import copy_project
 
 CHNSENTICORP_REVIEWS = 12_000
-
-
-def stage_times(project) -> dict[str, float]:
-    """Run `dvc repro` in `project`; each stage's wall time from its "Running stage" line to the next."""
-    env = python_first_env({**os.environ, "HF_HUB_OFFLINE": "1"})
-    command = [sys.executable, "-m", "dvc", "repro"]
-    process = subprocess.Popen(
-        command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    times, stage, started, output = {}, None, time.perf_counter(), []
-    for line in process.stdout:
-        output.append(line)
-        if line.startswith("Running stage"):
-            now = time.perf_counter()
-            if stage is not None:
-                times[stage] = now - started
-            stage, started = line.split("'")[1], now
-    if process.wait() != 0:
-        raise RuntimeError(f"dvc repro failed in {project}:\n{''.join(output[-60:])}")
-    times[stage] = time.perf_counter() - started
-    return times
 
 
 def measure(setup: Setup) -> list[Row]:
@@ -60,7 +36,7 @@ def measure(setup: Setup) -> list[Row]:
         setup.scratch / "default-run", {"model.name": str(setup.model_dir), "data.dataset": str(data)}
     )
     tokens = int(encode_texts(setup.tokenizer, texts, setup.params.tokenize.max_length)["lengths"].sum())
-    times = stage_times(project)
+    times = repro(project, echo=False)
     total = sum(times.values())
     start_up, _, _ = run_child([sys.executable, "-c", "import torch, transformers, sklearn"], project)
     chnsenticorp_tokens = CHNSENTICORP_REVIEWS * setup.useful_tokens / len(setup.texts)

@@ -34,6 +34,7 @@ import torch
 import yaml
 from transformers import BertConfig, BertModel, BertTokenizer
 
+from zh_sentiment.sandbox import python_first_env
 from zh_sentiment.text import normalize_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -169,22 +170,26 @@ def set_params(project: Path, reviews: Path, model: Path, max_length: int, chang
     return params
 
 
-def repro(project: Path) -> dict[str, float]:
-    """Run `dvc repro` with its output shown as it comes; return each stage's wall time in seconds."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def repro(project: Path, echo: bool) -> dict[str, float]:
+    """Run `dvc repro` in `project` (its output shown as it comes, with `echo`); return each stage's wall
+    time in seconds, from its "Running stage" line to the next. A failed run raises RuntimeError."""
+    env = python_first_env({**os.environ, "HF_HUB_OFFLINE": "1"})
     command = [sys.executable, "-m", "dvc", "repro"]
     output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
     process = subprocess.Popen(command, cwd=project, env=env, **output)
-    times, stage, started = {}, None, time.perf_counter()
+    times, stage, started, lines = {}, None, time.perf_counter(), []
     for line in process.stdout:
-        print(line, end="", flush=True)
+        lines.append(line)
+        if echo:
+            print(line, end="", flush=True)
         if line.startswith("Running stage"):
             now = time.perf_counter()
             if stage is not None:
                 times[stage] = now - started
             stage, started = line.split("'")[1], now
     if process.wait() != 0:
-        sys.exit(f"dvc repro failed in {project} (exit {process.returncode})")
+        shown = "" if echo else ":\n" + "".join(lines[-60:])
+        raise RuntimeError(f"dvc repro failed in {project} (exit {process.returncode}){shown}")
     if stage is not None:
         times[stage] = time.perf_counter() - started
     return times
@@ -205,7 +210,10 @@ def measure(workdir: Path, max_length: int, archive: Path | None, changes: list[
         check=True,
     )
     start = time.perf_counter()
-    times = repro(project)
+    try:
+        times = repro(project, echo=True)
+    except RuntimeError as err:
+        sys.exit(str(err))
     total = time.perf_counter() - start
 
     finetune = params.get("finetune")

@@ -10,40 +10,21 @@ import pytest
 from bench import __main__ as bench
 from bench.readme import END, START, table
 
+SMOKED = ["encoder_speed", "classic", "precision", "finetune_levers", "finetune_memory", "finetune_epochs", "serving"]
+
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     readme = folder / "README.md"
     readme.write_text(f"# Title\n\n{START}\nold table, typed by hand\n{END}\n\n## Next\n", encoding="utf-8")
-    argv = [
-        "--smoke",
-        "--only",
-        "encoder_speed",
-        "classic",
-        "precision",
-        "finetune_levers",
-        "finetune_memory",
-        "finetune_epochs",
-        "serving",
-        "--results",
-        str(folder / "results.json"),
-    ]
-    bench.main([*argv, "--readme", str(readme)])
+    bench.main(["--smoke", "--only", *SMOKED, "--results", str(folder / "results.json"), "--readme", str(readme)])
     return json.loads((folder / "results.json").read_text(encoding="utf-8")), readme.read_text(encoding="utf-8")
 
 
 def test_every_measurement_asked_for_gives_rows_with_numbers(smoke):
     results, _ = smoke
-    assert list(results["measurements"]) == [
-        "encoder_speed",
-        "classic",
-        "precision",
-        "finetune_levers",
-        "finetune_memory",
-        "finetune_epochs",
-        "serving",
-    ]
+    assert list(results["measurements"]) == SMOKED
     for rows in results["measurements"].values():
         assert rows and all(isinstance(row["value"], float) and row["value"] == row["value"] for row in rows)
     speed = {row["measurement"].split(":")[0]: row["value"] for row in results["measurements"]["encoder_speed"]}
