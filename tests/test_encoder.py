@@ -62,6 +62,29 @@ def test_batched_embedding_equals_one_review_at_a_time(tiny_bert, pooling):
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_features_and_cached_states_are_the_models_own_hidden_states(tiny_bert, pooling, attention):
+    """With `pooling: cls` embed runs the top layer for [CLS] alone (zh_sentiment/cls_forward.py): the features
+    and the states it caches are still what BertModel's own forward pass gives, for every layer's states."""
+    model = AutoModel.from_pretrained(tiny_bert, attn_implementation=attention).eval()
+    tokens = encode_texts(load_tokenizer(str(tiny_bert)), reviews(12, seed=7)["text"].tolist(), max_length=64)
+    assert len(set(tokens["lengths"].tolist())) > 1  # some reviews are padded
+    with torch.no_grad():
+        own = model(
+            **{k: tokens[k].long() for k in ("input_ids", "attention_mask", "token_type_ids")},
+            output_hidden_states=True,
+        )
+    mask = tokens["attention_mask"].bool()
+    for layer in range(model.config.num_hidden_layers):
+        states = torch.empty(int(tokens["lengths"].sum()), model.config.hidden_size)
+        features = embed(model, tokens, pooling, 5, torch.device("cpu"), states=states, states_layer=layer)
+        torch.testing.assert_close(
+            features, pool(own.last_hidden_state, tokens["attention_mask"], pooling), atol=1e-5, rtol=1e-4
+        )
+        torch.testing.assert_close(states, own.hidden_states[layer][mask], atol=1e-5, rtol=1e-4)
+
+
 def test_int8_features_stay_close_to_fp32(tiny_bert):
     tokenizer = load_tokenizer(str(tiny_bert))
     tokens = encode_texts(tokenizer, reviews(16, seed=6)["text"].tolist(), max_length=64)

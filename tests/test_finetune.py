@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from safetensors.torch import save_file
 from transformers import BertConfig, BertModel
@@ -81,15 +82,6 @@ def test_cached_states_train_like_the_whole_model_with_frozen_lower_layers(tiny_
     assert gap <= 1e-4
     assert whole[0]["train_loss"] != whole[1]["train_loss"]  # it did train
 
-    # The comparison is sharp enough to catch states taken one layer too low.
-    off_by_one = {
-        name: states_file(tiny_bert, tmp_path, split, f"{name}-low", start - 1) for name, split in tokens.items()
-    }
-    wrong = train(tiny_bert, off_by_one["train"], off_by_one["val"], start)
-    wrong_gap = max(abs(a[key] - b[key]) for a, b in zip(whole, wrong) for key in keys)
-    print(f"largest difference with the states of one layer too low: {wrong_gap:.2e}")
-    assert wrong_gap > 1e-3
-
 
 def one_step(tiny_bert, split, start, **changes) -> dict[str, torch.Tensor]:
     """The weights after one optimizer step over the whole split (one batch), dropout off so runs compare."""
@@ -100,6 +92,35 @@ def one_step(tiny_bert, split, start, **changes) -> dict[str, torch.Tensor]:
     params = Finetune(**{**PARAMS, "epochs": 1, "batch_size": len(split), "grad_accum": 1, **changes})
     state, _, _ = fit(model, split, split, params, torch.device("cpu"))
     return state
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("layers", [1, "all"])
+def test_the_top_layer_for_cls_alone_gives_the_models_own_logits_and_gradients(tiny_bert, tmp_path, layers, attention):
+    """FineTuned runs the top layer for [CLS] only; the logits and every trained weight's gradient are still
+    those of BertForSequenceClassification's own forward pass on the tokens (padded reviews included)."""
+    split = tokens_file(tiny_bert, tmp_path, "train", 12, 5)
+    start = first_trained_layer(layers, 2)
+    inputs = split if start is None else states_file(tiny_bert, tmp_path, split, "states", start)
+    index = torch.arange(len(split))
+    assert len(set(split.lengths.tolist())) > 1  # some reviews are padded
+
+    def logits_and_gradients(forward):
+        model = FineTuned(starting_model(str(tiny_bert), ["negative", "positive"], seed=0), start).eval()
+        model.model.config._attn_implementation = attention
+        logits = forward(model)
+        F.cross_entropy(logits, split.labels[index]).backward()
+        return logits, {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+    ours, our_grads = logits_and_gradients(lambda model: model(inputs.batch(index)))
+    theirs, their_grads = logits_and_gradients(lambda model: model.model(**split.batch(index)).logits)
+    assert our_grads.keys() == their_grads.keys() and any(g.abs().max() > 1e-3 for g in their_grads.values())
+    assert (ours - theirs).abs().max() <= 1e-5
+    assert max((our_grads[k] - their_grads[k]).abs().max().item() for k in our_grads) <= 1e-5
+    if start is not None:  # the comparison is sharp enough to catch states taken one layer too low
+        too_low = states_file(tiny_bert, tmp_path, split, "states-low", start - 1)
+        wrong, _ = logits_and_gradients(lambda model: model(too_low.batch(index)))
+        assert (wrong - theirs).abs().max() > 1e-3  # a hundred times the tolerance above
 
 
 @pytest.mark.parametrize("layers", [1, "all"])
@@ -184,8 +205,10 @@ def test_two_processes_learn_what_one_does(trained_project, tmp_path):
     one, two = trained_project.json("metrics/finetuned.json"), project.json("metrics/finetuned.json")
     print(f"test accuracy: 1 process {one['accuracy']}, 2 processes {two['accuracy']}")
     assert project.json("metrics/finetuned/training.json")["processes"] == 2
-    assert abs(one["accuracy"] - two["accuracy"]) <= 0.01
-    assert abs(one["validation_accuracy"] - two["validation_accuracy"]) <= 0.01
+    # the same batches and steps, but each process draws its own dropout masks: one review may come out otherwise
+    one_review = 1 / one["n"] + 1e-5  # the fixture's validation and test splits are the same size; metrics: 6 digits
+    assert abs(one["accuracy"] - two["accuracy"]) <= one_review
+    assert abs(one["validation_accuracy"] - two["validation_accuracy"]) <= one_review
 
 
 def test_the_starting_model_is_the_same_in_every_run_also_without_pooler_weights(tmp_path):

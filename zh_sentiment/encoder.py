@@ -20,6 +20,7 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
+from zh_sentiment import cls_forward
 from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.paths import WEIGHT_FILES, must_be_local
 from zh_sentiment.progress import tqdm
@@ -232,6 +233,18 @@ def forward_inputs(model: torch.nn.Module) -> list[str]:
     return [key for key in TOKEN_INPUTS if key in parameters] or list(TOKEN_INPUTS)
 
 
+def encode(model, inputs: dict[str, torch.Tensor], pooling: str, states_layer: int | None):
+    """The last hidden states (for `pooling: cls` on BERT: position 0's alone, zh_sentiment/cls_forward.py),
+    and the states entering layer `states_layer` (None: not wanted)."""
+    if pooling != "cls" or not cls_forward.runs_for_cls(model):
+        output = model(**inputs, output_hidden_states=states_layer is not None)
+        return output.last_hidden_state, None if states_layer is None else output.hidden_states[states_layer]
+    layers, hidden = model.encoder.layer, cls_forward.embeddings(model, inputs)
+    mask = cls_forward.layer_mask(model, hidden, inputs["attention_mask"])
+    entering = cls_forward.run_layers(layers[: states_layer or 0], hidden, mask)
+    return cls_forward.top_for_cls(layers[states_layer or 0 :], entering, mask), entering
+
+
 @torch.inference_mode()
 def embed(
     model: torch.nn.Module,
@@ -262,8 +275,7 @@ def embed(
             # rows are right-padded (encode_texts), so the first `width` columns hold every real token
             inputs = {key: tokens[key][batch, :width].to(device=device, dtype=torch.long) for key in keys}
             try:
-                output = model(**inputs, output_hidden_states=states is not None)
-                hidden = output.last_hidden_state
+                hidden, entering = encode(model, inputs, pooling, states_layer if states is not None else None)
             except torch.OutOfMemoryError:
                 raise PipelineError(
                     f"out of memory on {device} embedding {len(batch)} reviews of {width} tokens. "
@@ -272,7 +284,7 @@ def embed(
             mask = tokens["attention_mask"][batch, :width].to(device)
             features[batch] = pool(hidden, mask, pooling).cpu()
             if states is not None:
-                entering = output.hidden_states[states_layer].to(device="cpu", dtype=states.dtype)
+                entering = entering.to(device="cpu", dtype=states.dtype)
                 for row, review in enumerate(batch.tolist()):
                     start, end = offsets[review], offsets[review + 1]
                     states[start:end] = entering[row, : end - start]  # real tokens only: no padding on disk

@@ -5,6 +5,9 @@ layer L-N never change: embed computes them once (data/states/, real tokens only
 training runs only the top N layers on them, an epoch costing about N/L of a full one.
 With `all` every layer (embeddings included) trains from the tokens in data/tokens/.
 
+On BERT the top layer runs for [CLS] alone, the only position the head reads (zh_sentiment/cls_forward.py):
+about a sixth of that layer's work, with the whole model's logits and gradients.
+
 Memory: `finetune.batch_size` reviews make one optimizer step, but they go through the model in
 micro-batches of at most `finetune.max_batch_tokens` padded tokens (reviews x the longest of them),
 their gradients summed: the step is the one the whole batch would give, and the activations held
@@ -23,8 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import get_linear_schedule_with_warmup
-from transformers.masking_utils import create_bidirectional_mask
 
+from zh_sentiment import cls_forward
 from zh_sentiment.encoder import TOKEN_INPUTS, load_classification_model
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.params import Finetune
@@ -93,18 +96,21 @@ class FineTuned(torch.nn.Module):
     It takes a batch of tokens (the whole model runs) or of cached states (only the layers from `start`
     up, then the head, run): both compute the same logits, since the frozen layers below stay in eval mode.
     The head is the architecture's own; for BERT: its pooler (dense + tanh on [CLS]), dropout, a linear layer.
+    On BERT the top layer computes [CLS] alone (zh_sentiment/cls_forward.py).
     """
 
     def __init__(self, model: torch.nn.Module, start: int | None):
         super().__init__()
         base = model.base_model
         layers = getattr(getattr(base, "encoder", None), "layer", None)
-        if start is not None and (layers is None or getattr(base, "pooler", None) is None):
+        bert_style = layers is not None and getattr(base, "pooler", None) is not None
+        if start is not None and not bert_style:
             raise PipelineError(
                 f"finetune.layers: a number needs a BERT-style model (encoder.layer and a pooler); "
                 f"{type(model).__name__} is not one. Set finetune.layers: all."
             )
         self.model, self.start = model, start
+        self.for_cls = bert_style and cls_forward.runs_for_cls(base)
         model.requires_grad_(start is None)
         if start is not None:
             for trained in (layers[start:], base.pooler, model.dropout, model.classifier):
@@ -122,17 +128,19 @@ class FineTuned(torch.nn.Module):
         return self
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if "states" not in batch:
+        base = self.model.base_model
+        if "states" not in batch and not self.for_cls:
             return self.model(**{key: batch[key] for key in TOKEN_INPUTS if key in batch}).logits
-        base, hidden = self.model.base_model, batch["states"]
-        # The mask BertModel.forward builds for its layers (transformers 5: padding keys masked out;
-        # None for sdpa when nothing is padded): the layers then compute what they compute inside BertModel.
-        mask = create_bidirectional_mask(
-            config=base.config, inputs_embeds=hidden, attention_mask=batch["attention_mask"]
-        )
-        for layer in base.encoder.layer[self.start :]:
-            hidden = layer(hidden, mask)
-        # BertForSequenceClassification.forward from here: pooler, dropout, classifier
+        if "states" in batch:  # the states entering layer `start`
+            hidden, layers = batch["states"], base.encoder.layer[self.start :]
+        else:
+            hidden, layers = cls_forward.embeddings(base, batch), base.encoder.layer
+        mask = cls_forward.layer_mask(base, hidden, batch["attention_mask"])
+        if self.for_cls:
+            hidden = cls_forward.top_for_cls(layers, hidden, mask)
+        else:
+            hidden = cls_forward.run_layers(layers, hidden, mask)
+        # BertForSequenceClassification.forward from here: pooler (on position 0), dropout, classifier
         return self.model.classifier(self.model.dropout(base.pooler(hidden)))
 
 

@@ -26,6 +26,7 @@ from zh_sentiment.classifier import load_head, weights_folder
 from zh_sentiment.encoder import (
     TOKEN_INPUTS,
     choose_device,
+    encode,
     encode_texts,
     forward_inputs,
     load_classification_model,
@@ -244,7 +245,7 @@ class FrozenHead(Encoded):
             )
 
     def _logits(self, inputs):
-        hidden = self.encoder(**inputs).last_hidden_state
+        hidden, _ = encode(self.encoder, inputs, self.info["pooling"], states_layer=None)
         return self.head(pool(hidden, inputs["attention_mask"], self.info["pooling"]).cpu())
 
 

@@ -109,11 +109,11 @@ class CachedStates:
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The reviews `index` padded to the longest of them (fp32 states, zeros after each review's end).
 
-        One gather for the whole batch: row r, position t reads the stored row offsets[r] + t."""
+        One copy per review: measured 3-4x faster than one index_select gather of every position
+        (the benchmark's finetune_levers row), a few ms a batch next to a training step of seconds."""
         lengths = self.lengths[index]
-        positions = torch.arange(int(lengths.max()))
-        mask = positions < lengths[:, None]
-        rows = (self.offsets[index][:, None] + positions).masked_fill_(~mask, 0)
-        states = self.states.index_select(0, rows.flatten()).view(*rows.shape, -1)  # faster than self.states[rows]
-        states = states.float().masked_fill_(~mask[..., None], 0.0)
+        states = torch.zeros(len(index), int(lengths.max()), self.states.shape[1])
+        for row, (offset, length) in enumerate(zip(self.offsets[index].tolist(), lengths.tolist())):
+            states[row, :length] = self.states[offset : offset + length]
+        mask = torch.arange(states.shape[1]) < lengths[:, None]
         return {"states": states, "attention_mask": mask.long()}
