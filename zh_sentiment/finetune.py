@@ -2,7 +2,7 @@
 
 With `finetune.layers: N` the lower L-N layers stay frozen, so the hidden states that enter
 layer L-N never change: embed computes them once (data/states/, real tokens only, fp16) and
-training runs only the top N layers on them, an epoch costing about N/L of a full one.
+training runs only the top N layers on them, an epoch costing about N/L of a full one (less on BERT, below).
 With `all` every layer (embeddings included) trains from the tokens in data/tokens/.
 
 On BERT the top layer runs for [CLS] alone, the only position the head reads (zh_sentiment/cls_forward.py):
