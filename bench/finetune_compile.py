@@ -23,7 +23,7 @@ from zh_sentiment.finetune import (
     micro_batches,
     starting_model,
 )
-from zh_sentiment.states import CachedStates, save_states
+from zh_sentiment.states import CachedStates, first_trained_layer, save_states
 
 REVIEWS = 256
 DEFAULT_EPOCH_REVIEWS = 9_600  # ChnSentiCorp's training split
@@ -40,7 +40,7 @@ def training_pass(model, states: CachedStates, batches: list[torch.Tensor], max_
 def measure(setup: Setup) -> list[Row]:
     params = setup.params.finetune
     model = starting_model(str(setup.model_dir), ["negative", "positive"], seed=0)
-    model = FineTuned(model, model.config.num_hidden_layers - params.layers).train()
+    model = FineTuned(model, first_trained_layer(params.layers, model.config.num_hidden_layers)).train()
     lengths = setup.tokens["lengths"][:REVIEWS].long()
     path = setup.scratch / "compile-states.safetensors"
     hidden = model.model.config.hidden_size

@@ -107,7 +107,7 @@ def test_the_top_layer_for_cls_alone_gives_the_models_own_logits_and_gradients(t
 
     def logits_and_gradients(forward):
         model = FineTuned(starting_model(str(tiny_bert), ["negative", "positive"], seed=0), start).eval()
-        model.model.config._attn_implementation = attention
+        model.model.set_attn_implementation(attention)
         logits = forward(model)
         F.cross_entropy(logits, split.labels[index]).backward()
         return logits, {name: p.grad for name, p in model.named_parameters() if p.requires_grad}

@@ -239,10 +239,11 @@ def encode(model, inputs: dict[str, torch.Tensor], pooling: str, states_layer: i
     if pooling != "cls" or not cls_forward.runs_for_cls(model):
         output = model(**inputs, output_hidden_states=states_layer is not None)
         return output.last_hidden_state, None if states_layer is None else output.hidden_states[states_layer]
-    layers, hidden = model.encoder.layer, cls_forward.embeddings(model, inputs)
+    layers, below = model.encoder.layer, states_layer or 0
+    hidden = cls_forward.embeddings(model, inputs)
     mask = cls_forward.layer_mask(model, hidden, inputs["attention_mask"])
-    entering = cls_forward.run_layers(layers[: states_layer or 0], hidden, mask)
-    return cls_forward.top_for_cls(layers[states_layer or 0 :], entering, mask), entering
+    entering = cls_forward.run_layers(layers[:below], hidden, mask)
+    return cls_forward.top_for_cls(layers[below:], entering, mask), entering
 
 
 @torch.inference_mode()
