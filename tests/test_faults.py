@@ -27,12 +27,12 @@ def start(project, *command: str) -> subprocess.Popen:
     )
 
 
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
-    """Return as soon as `path` exists, while `process` still runs."""
+def wait_for(folder: Path, pattern: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Return as soon as something in `folder` matches `pattern`, while `process` still runs."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"the process ended before {path.name} appeared:\n{process.stderr.read()}"
-        assert time.monotonic() < deadline, f"{path.name} did not appear within {timeout} s"
+    while not list(folder.glob(pattern)):
+        assert process.poll() is None, f"the process ended before {pattern} appeared:\n{process.stderr.read()}"
+        assert time.monotonic() < deadline, f"{pattern} did not appear within {timeout} s"
         time.sleep(0.002)
 
 
@@ -44,7 +44,7 @@ def test_repro_killed_during_embed_recovers_on_the_next_repro(trained_project, t
     project = trained_project.copy(tmp_path / "killed")
     project.set_params({"embed.batch_size": 1})  # embed re-runs, and longer: a wider window to kill it in
     repro = start(project, sys.executable, "-m", "dvc", "repro")
-    wait_for(project.path / "data/features.tmp", repro)
+    wait_for(project.path / "data", ".features.*.tmp", repro)  # embed's temporary folder for data/features
     os.killpg(repro.pid, signal.SIGKILL)
     repro.wait()
 
@@ -69,7 +69,7 @@ def test_an_interrupted_write_keeps_the_previous_output_whole(tmp_path, interrup
         (out / "train.safetensors").write_bytes(b"half of the new")
         raise interrupt
     assert folder_bytes(features) == {"train.safetensors": b"old features"}
-    assert not (tmp_path / "data/features.tmp").exists()
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["features"]
 
 
 def test_an_interrupted_file_write_keeps_the_previous_file(tmp_path):
@@ -80,3 +80,32 @@ def test_an_interrupted_file_write_keeps_the_previous_file(tmp_path):
         raise KeyboardInterrupt
     assert json.loads(path.read_text(encoding="utf-8")) == {"accuracy": 0.5}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def a_dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+
+
+@pytest.mark.parametrize("write", ["file", "folder"])
+def test_the_next_write_discards_a_killed_writers_leftover_and_touches_nothing_else(tmp_path, write):
+    """A writer killed midway leaves its temporary name behind; the next write of the same output removes it
+    (its pid is gone), and nothing else: not a running writer's, not a user's file with a similar name."""
+    output = tmp_path / "features"
+    leftover = tmp_path / f".features.{a_dead_pid()}-0123abcd.tmp"
+    running = tmp_path / f".features.{os.getpid()}-0123abcd.tmp"
+    users = ["features.tmp", ".features.tmp", f".features.{a_dead_pid()}.tmp", ".features.1-x.tmp"]
+    for folder in (leftover, running):
+        folder.mkdir()
+        (folder / "train.safetensors").write_bytes(b"half written")
+    for name in users:
+        (tmp_path / name).write_text("the user's", encoding="utf-8")
+
+    if write == "folder":
+        with atomic_dir(output) as out:
+            (out / "train.safetensors").write_bytes(b"whole")
+    else:
+        write_json(output, {"whole": True})
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["features", running.name, *users])
+    assert all((tmp_path / name).read_text(encoding="utf-8") == "the user's" for name in users)

@@ -432,6 +432,28 @@ def test_a_wrong_encoding_on_the_command_line_is_one_error_message(cli_project, 
     assert "train.csv: not valid utf-8" in stderr and "data.encoding" in stderr
 
 
+@pytest.mark.parametrize(
+    ("suffix", "columns", "lines", "reason"),
+    [  # pandas would read the first review's extra leading field as an index, and its text from the next field
+        (".csv", [], ["text,label", "便宜,干净,1", "服务太差,0"], "line 2, saw 3; line 1 is the header"),
+        (".tsv", [], ["text\tlabel", "便宜\t干净\t1", "服务太差\t0"], "line 2, saw 3; line 1 is the header"),
+        (".tsv", ["label", "text"], ["1\t便宜\t干净", "0\t服务太差"], "line 1 has 3 field(s) but data.columns"),
+    ],
+)
+def test_a_row_with_more_fields_than_the_header_stops_fetch_with_one_line_naming_file_and_line(
+    cli_project, tmp_path, suffix, columns, lines, reason
+):
+    project, _ = cli_project
+    source = write_folder(tmp_path / "source", suffix=suffix)
+    train = source / f"train{suffix}"
+    train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_params(project.path, {"data.dataset": str(source), "data.columns": columns})
+    stderr = assert_one_error_message(run_stage(cli_project, "fetch"))
+    assert stderr.startswith(f"error: {train}") and reason in stderr
+    assert len(stderr.splitlines()) == 1
+    assert not (project.path / "data/raw").exists()  # no test of this module's project runs fetch through
+
+
 # The model
 
 

@@ -5,6 +5,7 @@ of Python); one test runs the real command in a subprocess."""
 
 import io
 import json
+import resource
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -236,6 +237,93 @@ def test_input_columns_that_output_would_overwrite_are_refused(trained_project, 
     assert result.returncode == 1
     assert "already has the column(s) predicted, which --output would overwrite" in result.stderr
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_an_input_named_as_the_output_plus_tmp_is_untouched(trained_project, tmp_path, predict):
+    """The output is written under a name of its own, never `<output>.tmp`, which may be the input."""
+    source = tmp_path / "r.csv.tmp"
+    pd.DataFrame({"text": [POSITIVE_REVIEW, NEGATIVE_REVIEW]}).to_csv(source, index=False)
+    before = source.read_bytes()
+    result = predict(trained_project.path, "--input", str(source), "--output", str(tmp_path / "r.csv"))
+    assert result.returncode == 0, result.stderr
+    assert source.read_bytes() == before
+    assert pd.read_csv(tmp_path / "r.csv")["predicted"].tolist() == ["positive", "negative"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.csv.tmp"]
+
+
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+def test_a_users_out_csv_tmp_is_untouched_when_out_csv_is_written(trained_project, tmp_path, predict):
+    pd.DataFrame({"text": [POSITIVE_REVIEW]}).to_csv(tmp_path / "in.csv", index=False)
+    (tmp_path / "out.csv.tmp").write_text("my notes", encoding="utf-8")
+    result = predict(trained_project.path, "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.csv.tmp").read_text(encoding="utf-8") == "my notes"
+    assert pd.read_csv(tmp_path / "out.csv")["predicted"].tolist() == ["positive"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv", "out.csv.tmp"]
+
+
+def limit_file_size(size: int):
+    """For preexec_fn: writing past `size` bytes fails with EFBIG (Python ignores SIGXFSZ, which would kill)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+
+def test_a_write_that_fails_midway_leaves_every_file_as_it_was(trained_project, tmp_path):
+    """The real command, under a file size limit that the predictions outgrow: the write of --output fails
+    midway. The user's out.csv.tmp and the previous out.csv are as they were, and nothing is left behind."""
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"text": [POSITIVE_REVIEW, NEGATIVE_REVIEW] * 50}).to_csv(source, index=False)
+    (tmp_path / "out.csv").write_text("the previous predictions", encoding="utf-8")
+    (tmp_path / "out.csv.tmp").write_text("my notes", encoding="utf-8")
+    before = folder_contents(tmp_path)
+    args = ["--model-dir", str(trained_project.path / "models/baseline"), "--input", "in.csv", "--output", "out.csv"]
+    result = subprocess.run(
+        ["python", "-m", "zh_sentiment", "predict", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=python_first_env() | {"PYTHONPATH": str(ROOT)},
+        preexec_fn=limit_file_size(source.stat().st_size),  # the output holds the input's cells and more
+    )
+    assert result.returncode == 1
+    assert "error: --output out.csv: cannot write it ([Errno 27] File too large)." in result.stderr
+    assert folder_contents(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "lines", "columns", "reason"),
+    [  # pandas would read the first review's extra leading field as an index, and its text from the next field
+        ("in.csv", ["text,label", f"{POSITIVE_REVIEW},好,1", f"{NEGATIVE_REVIEW},0"], [], "line 2, saw 3"),
+        ("in.tsv", ["text\tlabel", f"{POSITIVE_REVIEW}\t好\t1", f"{NEGATIVE_REVIEW}\t0"], [], "line 2, saw 3"),
+        ("in.csv", [f"1,{POSITIVE_REVIEW}", f"0,{NEGATIVE_REVIEW},好"], ["--columns", "label,text"], "line 2, saw 3"),
+        ("in.tsv", [f"1\t{POSITIVE_REVIEW}\t好", f"0\t{NEGATIVE_REVIEW}"], ["--columns", "label,text"], "line 1 has 3"),
+    ],
+)
+def test_a_row_with_more_fields_than_the_header_is_one_error_naming_file_and_line(
+    trained_project, tmp_path, predict, name, lines, columns, reason
+):
+    source = tmp_path / name
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = predict(trained_project.path, "--input", str(source), *columns, "--output", str(tmp_path / "out.csv"))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {source}: ") and reason in result.stderr
+    assert len(result.stderr.splitlines()) == 1  # no traceback, nor a hint to get one
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_a_row_with_fewer_fields_than_the_header_has_empty_cells(trained_project, tmp_path, predict):
+    """As a blank line is a row of empty cells: an empty review is skipped, an empty label is named."""
+    source = tmp_path / "in.csv"
+    source.write_text(f"id,text,label\n1\n2,{NEGATIVE_REVIEW}\n3,{NEGATIVE_REVIEW},0\n", encoding="utf-8")
+    result = predict(trained_project.path, "--input", str(source), "--output", str(tmp_path / "out.csv"))
+    assert result.returncode == 0, result.stderr
+    assert "predict: 1 empty review(s) skipped (row 1)." in result.stderr
+    assert pd.read_csv(tmp_path / "out.csv")["predicted"].tolist() == [np.nan, "negative", "negative"]
+    result = predict(trained_project.path, "--input", str(source), "--label-column", "label")
+    assert result.returncode == 1
+    assert "2 label(s) the model does not have (row 1: (empty), row 2: (empty))" in result.stderr
 
 
 def test_a_labelled_file_is_scored_with_accuracy_f1_and_confusion(trained_project, predict):

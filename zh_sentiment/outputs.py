@@ -1,13 +1,16 @@
 """Write outputs so that a killed stage never leaves something that looks complete.
 
-Everything is written under a temporary name in the same folder and renamed into
-place only when it is whole; a leftover `*.tmp` from a killed run is discarded
-by the next one.
+Everything is written under a temporary name in the same folder (so that the rename is atomic) and renamed
+into place only when it is whole. The temporary name is new and ours, `.<name>.<pid>-<random>.tmp`: it never
+replaces or removes a file of the user's, such as an input called `<name>.tmp`. One left behind by a writer
+that was killed (its pid is no longer alive) is discarded by the next write of the same output.
 """
 
 import errno
 import json
 import os
+import re
+import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +19,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from zh_sentiment.errors import PipelineError
+from zh_sentiment.lifetime import pid_alive
 
 
 class DiskFull(PipelineError):
@@ -47,6 +51,26 @@ def disk_full_error(path: Path, needed: int) -> DiskFull:
     return DiskFull(f"no space left on the device for {path}: {amount}. Free some space and run again.")
 
 
+def temporary_name(path: Path) -> Path:
+    """A name next to `path` that no one else uses: hidden, the writer's pid (see discard_leftovers), random."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def leftovers(path: Path) -> list[Path]:
+    """The temporary names of `path` whose writer is gone: killed before it could rename or remove them."""
+    ours = re.compile(re.escape(f".{path.name}.") + r"(\d{1,9})-[0-9a-f]{8}\.tmp")
+    found = (ours.fullmatch(entry.name) for entry in os.scandir(path.parent))
+    return [path.with_name(match[0]) for match in found if match and not pid_alive(int(match[1]))]
+
+
+def discard_leftovers(path: Path) -> None:
+    for leftover in leftovers(path):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_dir(path: str | Path, needs: int = 0) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces `path` once the block succeeds.
@@ -55,12 +79,12 @@ def atomic_dir(path: str | Path, needs: int = 0) -> Iterator[Path]:
     space first, so that a long stage stops before its work rather than after it.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    if needs > shutil.disk_usage(tmp.parent).free:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    discard_leftovers(path)
+    if needs > shutil.disk_usage(path.parent).free:
         raise disk_full_error(path, needs)
-    tmp.mkdir()
+    tmp = temporary_name(path)
+    tmp.mkdir()  # fails rather than reuse a folder of that name: removing it on failure is then always right
     try:
         yield tmp
     except (OSError, SafetensorError, DiskFull) as err:
@@ -83,7 +107,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path that replaces `path` once the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    discard_leftovers(path)
+    tmp = temporary_name(path)
+    tmp.touch(exist_ok=False)  # created here, exclusively (as mkstemp does, but with the umask's mode)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -204,13 +204,13 @@ def label_ids(values: list, names: list[str], where: str) -> np.ndarray:
     """True labels given as names (as the model's label_names) or as ids 0..k-1."""
     ids, bad = [], []
     for row, value in enumerate(values, start=1):
-        text = str(value).strip()
+        text = "" if pd.isna(value) else str(value).strip()  # an empty cell, or one a short row lacks
         if text in names:
             ids.append(names.index(text))
         elif text.isdigit() and int(text) < len(names):
             ids.append(int(text))
         else:
-            bad.append(f"row {row}: {text!r}")
+            bad.append(f"row {row}: {text!r}" if text else f"row {row}: (empty)")
     if bad:
         raise PipelineError(
             f"{where}: {len(bad)} label(s) the model does not have ({', '.join(bad[:5])}"

@@ -229,14 +229,19 @@ def read_table(
     data = path.read_bytes()
     text = data.decode(codec_for(data, path, encoding, encoding_param)).rstrip("\r\n") + "\n"
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, header=None if columns else "infer", **csv_options(path))
+        # Read as rows only, header or not: then a row with more fields than the first line is an error naming
+        # it. With header="infer", pandas would take the extra leading fields of a first review as the index,
+        # and read every row after it shifted by as many columns.
+        frame = pd.read_csv(io.StringIO(text), dtype=str, header=None, **csv_options(path))
     except pd.errors.EmptyDataError:
         needs = "one review per row" if columns else "a header row naming the columns, then one review per row"
         raise PipelineError(f"{path} is empty; it needs {needs}.") from None
     except pd.errors.ParserError as err:
-        raise unreadable(path, err, header=not columns) from err
+        raise unreadable(path, err, header=not columns) from None  # says all there is: a traceback adds nothing
     if columns:
         frame = name_columns(frame, columns, path, columns_param)
+    else:
+        frame = frame.iloc[1:].set_axis(header_names(text, path), axis=1).reset_index(drop=True)
     if frame.empty:
         raise PipelineError(
             f"{path} has a header row but no reviews. Add reviews below the header, or remove the file."
@@ -244,10 +249,16 @@ def read_table(
     return frame
 
 
+def header_names(text: str, path: Path) -> list[str]:
+    """The column names of the header row, as pandas makes them: a repeated name gets .1, an empty one Unnamed."""
+    return list(pd.read_csv(io.StringIO(text), dtype=str, nrows=0, **csv_options(path)).columns)
+
+
 def name_columns(frame: pd.DataFrame, columns: list[str], path: Path, columns_param: str) -> pd.DataFrame:
+    # the table is as wide as its first line (a longer line after it is a read error): name that line
     if frame.shape[1] != len(columns):
         raise PipelineError(
-            f"{path}: has {frame.shape[1]} column(s) but {columns_param} names {len(columns)} "
+            f"{path}: line 1 has {frame.shape[1]} field(s) but {columns_param} names {len(columns)} "
             f"({', '.join(columns)}). Give one name per column, in order."
         )
     frame.columns = columns
