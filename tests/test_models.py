@@ -23,10 +23,10 @@ from transformers import AutoModel, DistilBertConfig, DistilBertModel
 
 from stages.finetune import save_model
 from tests.fixtures import reviews, write_tiny_bert
-from zh_sentiment import classifier, encoder, inference, predict
+from zh_sentiment import classifier, encoder, inference, model_folder, predict
 from zh_sentiment.classifier import save_frozen_head
 from zh_sentiment.errors import PipelineError
-from zh_sentiment.model_folder import read_info
+from zh_sentiment.model_folder import fingerprint, read_info
 from zh_sentiment.outputs import atomic_dir, write_json
 from zh_sentiment.params import load_params
 from zh_sentiment.paths import must_be_local
@@ -89,6 +89,12 @@ def edit_info(folder: Path, **changes) -> None:
     for key in [key for key, value in changes.items() if value is None]:
         del info[key]
     (folder / "model.json").write_text(json.dumps(info), encoding="utf-8")
+
+
+def edit_info_as_trained(folder: Path, **changes) -> None:
+    """model.json with `changes`, fingerprinted as if training had written them."""
+    info = {**json.loads((folder / "model.json").read_text(encoding="utf-8")), **changes}
+    (folder / "model.json").write_text(json.dumps({**info, "fingerprint": fingerprint(info)}), encoding="utf-8")
 
 
 def edit_json(path: Path, **changes) -> None:
@@ -252,15 +258,9 @@ def test_a_finetuned_model_with_nan_weights_is_refused(finetuned_dir):
     weights["classifier.weight"][:] = float("nan")
     save_file(weights, finetuned_dir / "model.safetensors", metadata={"format": "pt"})
     info = read_info(finetuned_dir)
-    edit_info(finetuned_dir, files={**info["files"], "model.safetensors": classifier_digest(finetuned_dir)})
-    edit_info(finetuned_dir, fingerprint=info["fingerprint"])
+    digest = model_folder.sha256(finetuned_dir / "model.safetensors")
+    edit_info_as_trained(finetuned_dir, files={**info["files"], "model.safetensors": digest})
     assert "weight tensors are NaN or inf (e.g. classifier.weight)" in predict_error(finetuned_dir, POSITIVE_REVIEW)
-
-
-def classifier_digest(folder: Path) -> str:
-    from zh_sentiment.model_folder import sha256
-
-    return sha256(folder / "model.safetensors")
 
 
 # No code from a model folder
@@ -339,7 +339,7 @@ def test_truncated_encoder_weights_are_named(tiny_bert, tmp_path, weights):
 
 
 def test_max_length_above_the_encoders_positions_is_named(model_dir):
-    edit_info(model_dir, max_length=512)  # the tiny BERT has 128 positions
+    edit_info_as_trained(model_dir, max_length=512)  # the tiny BERT has 128 positions
     assert "max_length = 512 is more than the encoder" in predict_error(model_dir, POSITIVE_REVIEW)
 
 
@@ -356,7 +356,7 @@ def test_predict_takes_the_recorded_precision_and_warns_when_overridden(capsys):
 
 
 def test_predict_in_the_recorded_int8_equals_an_explicit_int8(model_dir):
-    edit_info(model_dir, precision="int8")
+    edit_info_as_trained(model_dir, precision="int8")
     texts = [POSITIVE_REVIEW, NEGATIVE_REVIEW]
     recorded, _ = inference.load_model(model_dir, "cpu").score(texts)
     explicit, _ = inference.load_model(model_dir, "cpu", "int8").score(texts)

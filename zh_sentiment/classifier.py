@@ -5,6 +5,7 @@ encoder (a hub id or an absolute folder) and records the fingerprints of its fil
 only ever applied to the features of the very encoder it was trained on.
 """
 
+import io
 import warnings
 from pathlib import Path
 
@@ -78,14 +79,19 @@ def save_frozen_head(head: torch.nn.Linear, info: dict, folder: Path) -> dict:
 
 
 def load_head(folder: Path, info: dict) -> torch.nn.Linear:
-    """head.pt of a frozen_head folder, as a Linear (only tensors are unpickled: weights_only)."""
+    """head.pt of a frozen_head folder, as a Linear."""
     head_file = folder / HEAD_FILE
     if not head_file.is_file():
         raise PipelineError(f"{folder} has no {HEAD_FILE}: copy the whole model folder again, or train it again.")
+    return head_from_bytes(head_file.read_bytes(), head_file, info["num_labels"])
+
+
+def head_from_bytes(data: bytes, head_file: Path, num_labels: int) -> torch.nn.Linear:
+    """The Linear saved in `data`, the bytes of `head_file` (only tensors are unpickled: weights_only)."""
     try:
         with warnings.catch_warnings():  # a foreign pickle protocol warns before it is refused
             warnings.simplefilter("ignore")
-            state = torch.load(head_file, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:
         # Only tensors are loaded (weights_only): anything else is a damaged file or not a head at all.
         # torch's own message suggests weights_only=False, which would run code from the file: never do that.
@@ -93,7 +99,7 @@ def load_head(folder: Path, info: dict) -> torch.nn.Linear:
             f"{head_file} is truncated, corrupt or not a head saved by this project. Train the model again "
             "(`dvc repro`), or copy the model folder again."
         ) from None
-    check_head(state, info["num_labels"], head_file)
+    check_head(state, num_labels, head_file)
     head = torch.nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
     head.load_state_dict(state)
     return head.eval().requires_grad_(False)

@@ -3,12 +3,17 @@
 Shared by tokenize (tokenizer and length limit), embed, predict and the benchmark.
 """
 
+import codecs
 import inspect
+import io
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from pickle import UnpicklingError
 
+import safetensors.torch
 import torch
 from safetensors import SafetensorError
 from transformers import (
@@ -18,6 +23,7 @@ from transformers import (
     AutoTokenizer,
     PreTrainedTokenizerBase,
 )
+from transformers.models.auto.auto_factory import _get_model_class
 from transformers.utils import logging as transformers_logging
 
 from zh_sentiment import cls_forward
@@ -30,23 +36,29 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+CODE_NAMING_FILES = ("config.json", "tokenizer_config.json")  # where transformers looks for an `auto_map`
+
+
 def refuse_remote_code(folder: Path, source: str) -> None:
     """A folder that asks to run its own Python is refused before anything in it is loaded: a config that
     names custom code (`auto_map`), or Python files beside the weights. (Every from_pretrained here also
     passes trust_remote_code=False; without this check transformers would ask on stdin, and `yes | ...`
-    would answer.)"""
-    for name in ("config.json", "tokenizer_config.json"):
+    would answer.) A config transformers cannot read is refused here too, naming the file and why."""
+    for name in CODE_NAMING_FILES:
         path = folder / name
         if path.is_file():
-            try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                continue  # from_pretrained reports an unreadable config in its own words
-            if isinstance(raw, dict) and "auto_map" in raw:
+            data = path.read_bytes()
+            raw = config_json(data, path, source)
+            if "auto_map" in raw:
                 raise PipelineError(
                     f"{source}: {path} names custom code (auto_map: {json.dumps(raw['auto_map'])[:120]}). "
                     "This project never runs code that comes with a model; use a folder of a standard "
                     "transformers architecture, saved with save_pretrained."
+                )
+            if data.startswith(codecs.BOM_UTF8):  # transformers reads a config as plain UTF-8 and fails on it
+                raise PipelineError(
+                    f"{source}: {path} starts with a UTF-8 byte order mark, which transformers cannot read. "
+                    "Save it again without one (UTF-8, no BOM), or save the model again with save_pretrained."
                 )
     code = sorted(p.name for p in folder.glob("*.py"))
     if code:
@@ -54,6 +66,23 @@ def refuse_remote_code(folder: Path, source: str) -> None:
             f"{source}: {folder} holds Python files ({', '.join(code[:5])}). This project never runs code that "
             "comes with a model: remove them, or use a folder saved with save_pretrained."
         )
+
+
+def config_json(data: bytes, path: Path, source: str) -> dict:
+    """A config's JSON object, read past a byte order mark: no mark may hide an auto_map."""
+    try:
+        raw = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PipelineError(
+            f"{source}: {path} is not valid JSON ({err}). Copy the model folder again, or save it again "
+            "with save_pretrained."
+        ) from None
+    if not isinstance(raw, dict):
+        raise PipelineError(
+            f"{source}: {path} is not a JSON object. Copy the model folder again, or save it again "
+            "with save_pretrained."
+        )
+    return raw
 
 
 def check_model_folder(name: str, need_weights: bool, source: str) -> None:
@@ -167,18 +196,60 @@ def load_pretrained(name: str, source: str = "model.name", auto_class=AutoModel,
     transformers_logging.disable_progress_bar()  # a "Loading weights" bar per load is noise in a stage's log
     if not folder.is_dir():
         return from_hub(load, name, source)
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # its load report lists the new head's weights: expected here
     try:
-        return load(name)
+        with quiet_loading():
+            return load(name)
     except (OSError, RuntimeError, EOFError, ValueError, SafetensorError) as err:
         # a truncated copy or download: safetensors ("incomplete metadata") or torch's zip reader
         files = ", ".join(f for f in WEIGHT_FILES if (folder / f).exists())
-        raise PipelineError(
-            f"{source}: the weights in {folder} ({files}) cannot be read: {first_line(err).split('. ')[0]}. "
-            "The file is probably truncated or corrupt: copy the model folder again, or save it again "
-            "with save_pretrained."
-        ) from err
+        raise unreadable_weights(folder, files, source, err) from err
+
+
+def load_checked(folder: Path, weights: dict[str, bytes], source: str, auto_class=AutoModel) -> torch.nn.Module:
+    """`auto_class`'s model of `folder` (a checked model folder: inference.open_model_folder) in fp32 with
+    SDPA attention, its weights taken from `weights` (file name: the bytes that were hashed), not from the
+    files: they live in this process's memory, so a weights file changed or truncated on disk later changes
+    no answer and cannot crash it (from_pretrained would memory-map model.safetensors)."""
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    state = {}
+    for name, data in weights.items():
+        if not name.endswith(".index.json"):  # the index only says which shard holds what: all are read
+            state |= read_state_dict(data, folder / name, source)
+    # an Auto class needs a name or folder to read weights from; the architecture's own class takes a state dict
+    model_class = _get_model_class(config, auto_class._model_mapping)
+    with quiet_loading():
+        return model_class.from_pretrained(
+            None, config=config, state_dict=state, attn_implementation="sdpa", dtype=torch.float32
+        )
+
+
+def read_state_dict(data: bytes, path: Path, source: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors or PyTorch weights file's bytes, each in memory of its own."""
+    try:
+        if path.suffix == ".safetensors":
+            return safetensors.torch.load(data)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, SafetensorError, UnpicklingError) as err:
+        raise unreadable_weights(path.parent, path.name, source, err) from err
+
+
+def unreadable_weights(folder: Path, files: str, source: str, err: Exception) -> PipelineError:
+    return PipelineError(
+        f"{source}: the weights in {folder} ({files}) cannot be read: {first_line(err).split('. ')[0]}. "
+        "The file is probably truncated or corrupt: copy the model folder again, or save it again "
+        "with save_pretrained."
+    )
+
+
+@contextmanager
+def quiet_loading():
+    """No "Loading weights" bar (noise in a stage's or a server's log), and no load report: it lists the
+    weights of a new head, which are expected here."""
+    transformers_logging.disable_progress_bar()
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
     finally:
         transformers_logging.set_verbosity(verbosity)
 

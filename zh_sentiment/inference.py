@@ -8,8 +8,10 @@
 Every kind of model folder (baseline, frozen_head, finetuned) loads into a Classifier with the
 same interface: `score` normalises the texts as the clean stage does, batches them longest first
 and returns raw scores (logits; a row's softmax is its probabilities) and, per text, notes in
-plain words: empty, truncated, unknown tokens. Loading checks model.json, refuses folders that
-carry code, and refuses files that differ from those the model was trained with.
+plain words: empty, truncated, unknown tokens. Loading checks the folder first (open_model_folder:
+model.json, no code, the files the model was trained with, the labels, the fingerprint), then
+loads the model into memory from the very bytes it checked: `changed_on_disk` says which of those
+files differ on disk since.
 """
 
 import json
@@ -19,18 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from zh_sentiment.baseline import load_baseline
-from zh_sentiment.classifier import load_head, weights_folder
+from zh_sentiment.baseline import baseline_from_bytes, check_classes
+from zh_sentiment.classifier import head_from_bytes, weights_folder
 from zh_sentiment.encoder import (
     TOKEN_INPUTS,
     choose_device,
     encode,
     encode_texts,
     forward_inputs,
-    load_classification_model,
-    load_encoder,
+    load_checked,
     load_tokenizer,
     pool,
     refuse_remote_code,
@@ -39,16 +40,29 @@ from zh_sentiment.encoder import (
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.model_folder import (
     MODEL_NAMES,
-    SELF,
-    check_files,
+    LoadedFiles,
+    OpenedFolder,
+    check_finetuned,
+    check_fingerprint,
     non_finite_weights,
+    payload,
     read_info,
+    verify_files,
 )
-from zh_sentiment.paths import INFO_FILE, MODELS_DIR, model_metrics
+from zh_sentiment.paths import (
+    BASELINE,
+    BASELINE_FILE,
+    FINETUNED,
+    FROZEN_HEAD,
+    HEAD_FILE,
+    INFO_FILE,
+    MODELS_DIR,
+    model_metrics,
+)
 from zh_sentiment.precision import choose_precision
 from zh_sentiment.text import normalize_text
 
-__all__ = ["MODEL_NAMES", "Classifier", "Note", "choose_model", "load_model"]
+__all__ = ["MODEL_NAMES", "Classifier", "Note", "choose_model", "load_model", "open_model_folder"]
 
 UNKNOWN_NOTE = 0.05  # as the tokenize stage warns: a model that knows under 95% of a review's tokens guesses
 CHARS_PER_TOKEN = 8  # a review is cut at this many characters per token read before it is tokenized
@@ -92,14 +106,21 @@ class Classifier:
     kind: str
     max_length: int | None
 
-    def __init__(self, folder: Path, info: dict):
-        self.folder, self.info = folder, info
+    def __init__(self, opened: OpenedFolder):
+        folder, info = opened.folder, opened.info
+        self.folder, self.info, self.loaded_from = folder, info, opened.files
         self.label_names: list[str] = info["label_names"]
         self.max_length = info["max_length"]
         if info["test"] is None:  # the frozen head is measured by its own stage (evaluate), into metrics/
             metrics = folder.parent.parent / model_metrics(info["kind"])
             if folder.parent.name == MODELS_DIR.name and folder.name == info["kind"] and metrics.is_file():
                 self.info = {**info, "test": json.loads(metrics.read_text(encoding="utf-8"))}
+
+    def changed_on_disk(self) -> list[str]:
+        """The files the model was loaded from (model.json among them) that now differ on disk: what a new
+        load would read, or refuse. Empty while the folder is as loaded. Cheap: a file is hashed again only
+        when its os.stat changed."""
+        return self.loaded_from.changed()
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Each text's cost in a batch: its tokens after truncation (characters for the baseline)."""
@@ -127,9 +148,11 @@ class Classifier:
 class Baseline(Classifier):
     kind = "baseline"
 
-    def __init__(self, folder: Path, info: dict):
-        super().__init__(folder, info)
-        self.pipeline = load_baseline(folder)
+    def __init__(self, opened: OpenedFolder):
+        super().__init__(opened)
+        path = self.folder / BASELINE_FILE
+        self.pipeline = baseline_from_bytes(opened.take(path), path)
+        check_classes(self.pipeline.named_steps["classifier"].classes_, len(self.label_names), path)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(text) for text in texts]
@@ -224,23 +247,21 @@ class Encoded(Classifier):
 class FrozenHead(Encoded):
     kind = "frozen_head"
 
-    def __init__(self, folder: Path, info: dict, device: str, precision: str | None):
-        super().__init__(folder, info)
-        info_file = folder / INFO_FILE
-        source = f"'model' in {info_file}"
-        check_files(info["files"], folder, "the model folder", info_file)
-        encoder_folder = weights_folder(info["model"])
-        refuse_remote_code(encoder_folder, source)
-        check_files(info["encoder_files"], encoder_folder, "the encoder", info_file)
-        self.head = load_head(folder, info)
+    def __init__(self, opened: OpenedFolder, device: str, precision: str | None):
+        super().__init__(opened)
+        folder, info, encoder_folder = opened.folder, opened.info, opened.encoder_folder
+        source = f"'model' in {folder / INFO_FILE}"
+        self.head = head_from_bytes(opened.take(folder / HEAD_FILE), folder / HEAD_FILE, info["num_labels"])
         self.device, self.precision = settings(device, precision, info["precision"])
-        self.tokenizer = load_tokenizer(info["model"], source)
-        self.encoder = load_encoder(info["model"], self.device, self.precision, source)
+        # from the folder whose files were checked (a hub id's cached snapshot): never a newer download
+        self.tokenizer = load_tokenizer(str(encoder_folder), source)
+        encoder = load_checked(encoder_folder, opened.take_weights(encoder_folder), source)
+        self.encoder = to_precision(encoder.eval().requires_grad_(False), self.device, self.precision)
         self.inputs = forward_inputs(self.encoder)
         self.check_max_length(self.encoder.config, f"the encoder at {info['model']}")
         if self.head.in_features != self.encoder.config.hidden_size:
             raise PipelineError(
-                f"{folder / 'head.pt'} takes {self.head.in_features} features but the encoder gives "
+                f"{folder / HEAD_FILE} takes {self.head.in_features} features but the encoder gives "
                 f"{self.encoder.config.hidden_size}. Copy the whole model folder again, or train the model again."
             )
 
@@ -252,16 +273,14 @@ class FrozenHead(Encoded):
 class FineTuned(Encoded):
     kind = "finetuned"
 
-    def __init__(self, folder: Path, info: dict, device: str, precision: str | None):
-        super().__init__(folder, info)
-        info_file = folder / INFO_FILE
-        if info["model"] != SELF:
-            raise PipelineError(f"{info_file}: a finetuned model's 'model' is \".\" (the folder itself).")
-        check_files(info["files"], folder, "the model folder", info_file)
+    def __init__(self, opened: OpenedFolder, device: str, precision: str | None):
+        super().__init__(opened)
+        folder, info = opened.folder, opened.info
         self.device, self.precision = settings(device, precision, info["precision"])
         source = f"model folder {folder}"
         self.tokenizer = load_tokenizer(str(folder), source)
-        model = load_classification_model(str(folder), self.label_names, source)
+        # its labels are config.json's id2label, checked against model.json's label_names
+        model = load_checked(folder, opened.take_weights(folder), source, AutoModelForSequenceClassification)
         bad = non_finite_weights(model)
         if bad:
             raise PipelineError(f"{folder}: {len(bad)} weight tensors are NaN or inf (e.g. {bad[0]}): train it again.")
@@ -291,19 +310,46 @@ def settings(device_name: str, requested: str | None, recorded: str) -> tuple[to
     return device, precision
 
 
-def load_model(folder: Path, device: str = "auto", precision: str | None = None) -> Classifier:
-    """The model in `folder` (any kind), checked; a PipelineError names what is wrong and what to do."""
+def open_model_folder(folder: Path) -> OpenedFolder:
+    """Every check of a model folder of any kind, before anything in it is loaded: model.json's schema, no
+    custom code, the sha256 of each file that shapes the output (its own, and a frozen head's encoder's),
+    a fine-tuned model's labels against its config.json, and the fingerprint recomputed. The rules are
+    zh_sentiment/model_folder.py's; each refusal names the file and what to do."""
     folder = Path(folder)
-    info = read_info(folder)
+    info_file = folder / INFO_FILE
+    files = LoadedFiles()
+    info = read_info(folder, files)
     refuse_remote_code(folder, f"model folder {folder}")
-    if info["kind"] == "baseline":
+    contents = verify_files(info["files"], folder, "the model folder", info_file, files)
+    encoder_folder = None
+    if info["kind"] == FROZEN_HEAD:
+        encoder_folder = weights_folder(info["model"])
+        refuse_remote_code(encoder_folder, f"'model' in {info_file}")
+        contents |= verify_files(info["encoder_files"], encoder_folder, "the encoder", info_file, files)
+    if info["kind"] == FINETUNED:
+        check_finetuned(info, contents.get(folder / "config.json"), folder)
+    check_fingerprint(info, info_file)
+    return OpenedFolder(folder, info, encoder_folder, files, payload(contents))
+
+
+def load_model(folder: Path, device: str = "auto", precision: str | None = None) -> Classifier:
+    """The model in `folder` (any kind), checked, then loaded into memory; a PipelineError names what is
+    wrong and what to do."""
+    opened = open_model_folder(folder)
+    kind = opened.info["kind"]
+    if kind == BASELINE:
         if precision is not None:
             raise PipelineError("--precision applies to the BERT models; the baseline has none.")
-        check_files(info["files"], folder, "the model folder", folder / INFO_FILE)
-        return Baseline(folder, info)
-    if info["kind"] == "frozen_head":
-        return FrozenHead(folder, info, device, precision)
-    return FineTuned(folder, info, device, precision)
+        classifier = Baseline(opened)
+    else:
+        classifier = (FrozenHead if kind == FROZEN_HEAD else FineTuned)(opened, device, precision)
+    changed = classifier.changed_on_disk()
+    if changed:  # written to while it loaded: what was checked may not be all of what was loaded
+        raise PipelineError(
+            f"{', '.join(changed)} changed while the model in {opened.folder} was loading. Load it again once "
+            "nothing writes to the folder."
+        )
+    return classifier
 
 
 def choose_model(models_dir: Path = MODELS_DIR, name: str | None = None) -> tuple[Path, str]:
