@@ -14,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from zh_sentiment.sandbox import command_dying_with_parent, python_first_env
 
+API_KEY_VARIABLE = "ZH_SENTIMENT_API_KEY"
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -22,18 +24,22 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, cwd: Path, *args: str):
+    """`api_key`: given to the server in its environment variable, and sent with every request of this object's
+    methods. `file_limit`: the server's open-file limit, soft and hard."""
+
+    def __init__(self, cwd: Path, *args: str, api_key: str | None = None, file_limit: int | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would block the server
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        env = python_first_env()
+        env.pop(API_KEY_VARIABLE, None)
+        if api_key:
+            env[API_KEY_VARIABLE] = api_key
         command = command_dying_with_parent("serve", "--port", str(self.port), "--no-access-log", *args)
-        self.process = subprocess.Popen(
-            command,
-            cwd=cwd,
-            env=python_first_env(),
-            stdout=self.log,
-            stderr=self.log,
-        )
+        if file_limit is not None:  # set by the shell before the server starts (preexec_fn is unsafe with threads)
+            command = ["sh", "-c", f'ulimit -n {file_limit} && exec "$@"', "sh", *command]
+        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=self.log, stderr=self.log)
 
     def output(self) -> str:
         self.log.seek(0)
@@ -61,14 +67,21 @@ class Server:
                 self.process.wait()
         self.log.close()
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        """(status, body text) of one request; an HTTP error status is an answer too, not an exception."""
-        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+    def exchange(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        """(status, headers, body text) of one request; an HTTP error status is an answer too, not an exception.
+        A header given as None is not sent (e.g. {"Authorization": None})."""
+        headers = {name: value for name, value in {**self.headers, **(headers or {})}.items() if value is not None}
+        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, response.read().decode()
+                return response.status, response.headers, response.read().decode()
         except urllib.error.HTTPError as err:
-            return err.code, err.read().decode()
+            return err.code, err.headers, err.read().decode()
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        """(status, body text) of one request."""
+        status, _, text = self.exchange(method, path, body, headers)
+        return status, text
 
     def get(self, path: str):
         return self.request("GET", path)
@@ -90,8 +103,8 @@ class Server:
 
 
 @contextmanager
-def running_server(cwd: Path, *args: str):
-    server = Server(cwd, *args)
+def running_server(cwd: Path, *args: str, **options):
+    server = Server(cwd, *args, **options)
     try:
         yield server.wait_ready()
     finally:

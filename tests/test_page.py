@@ -1,5 +1,6 @@
 """The page at /, driven in a real headless Chromium (the system's, through Playwright) against a real server."""
 
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import pytest
@@ -37,8 +38,8 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, server):
+@contextmanager
+def open_page(browser, server):
     """A fresh page that may load nothing but the server's own files: every other request is refused and kept."""
     context = browser.new_context()
     page = context.new_page()
@@ -52,8 +53,16 @@ def page(browser, server):
             route.abort()
 
     page.route("**/*", only_the_server)
-    yield page
-    context.close()
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    with open_page(browser, server) as page:
+        yield page
 
 
 def test_type_reviews_submit_and_read_each_label_and_its_warnings(page, server):

@@ -159,7 +159,7 @@ def test_a_body_over_the_limit_gets_413_without_being_read_whole(server):
     assert status == 413 and f"{MAX_BODY:,}" in answer["error"]
     # a chunked body has no Content-Length: refused once what arrived passes the limit
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
-        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         head += b"Transfer-Encoding: chunked\r\n\r\n"
         chunk = b"%x\r\n%s\r\n" % (len(body), body)
         connection.sendall(head + chunk)
@@ -271,8 +271,8 @@ def test_a_client_that_leaves_mid_batch_does_not_hurt_the_others(server):
     for _ in range(4):  # clients that send a heavy request and hang up at once
         connection = socket.create_connection(("127.0.0.1", server.port))
         connection.sendall(
-            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (len(body), body)
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         connection.close()
     assert server.post({"inputs": [GOOD, BAD]}) == (200, expected)
@@ -287,7 +287,8 @@ def test_on_sigterm_the_server_finishes_the_requests_in_flight(trained_project):
     try:
         body = json.dumps({"inputs": [GOOD, BAD]}).encode()
         with socket.create_connection(("127.0.0.1", server.port), timeout=60) as connection:
-            head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            head += b"Content-Length: %d\r\n\r\n"
             connection.sendall(head % len(body) + body[:10])  # a request in flight: its body still arriving
             time.sleep(0.5)
             server.process.send_signal(signal.SIGTERM)

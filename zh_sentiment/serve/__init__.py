@@ -2,16 +2,21 @@
 
     zh-sentiment serve                          # the best model in models/ by validation accuracy
     zh-sentiment serve --model baseline --port 8080
-    zh-sentiment serve --model-dir /path/to/models/finetuned --host 0.0.0.0
+    ZH_SENTIMENT_API_KEY=... zh-sentiment serve --model-dir /path/to/models/finetuned --host 0.0.0.0
 
 Then POST /predict, GET /health, /info, /metrics, /docs (the OpenAPI page), and the page at /.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from zh_sentiment.params import Embed, check_value
+
+API_KEY_VARIABLE = "ZH_SENTIMENT_API_KEY"
+READ_TIMEOUT = 30  # seconds for a request's head and body to arrive
 
 
 def at_least(minimum: int):
@@ -41,9 +46,39 @@ def as_embed(key: str):
     return check
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0")
+    return value
+
+
+def api_key(text: str) -> str:
+    """An argparse type: a key that can travel in an Authorization header."""
+    if not text or not text.isascii() or not text.isprintable() or " " in text:
+        raise argparse.ArgumentTypeError("the key must be printable ASCII with no spaces (it travels in a header)")
+    return text
+
+
+def origins(text: str) -> list[str]:
+    """An argparse type: comma-separated web origins (scheme://host[:port]), or *."""
+    found = [origin.strip() for origin in text.split(",") if origin.strip()]
+    for origin in found:
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
+            raise argparse.ArgumentTypeError(
+                f"{origin!r}: an origin is scheme://host[:port] with nothing after it, e.g. https://app.example.com"
+            )
+    return found
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from zh_sentiment.inference import MODEL_NAMES
     from zh_sentiment.serve.app import Settings
+    from zh_sentiment.serve.connections import FILES_RESERVED, MAX_CONNECTIONS
 
     default = Settings()
     parser = argparse.ArgumentParser(prog="zh-sentiment serve", description=__doc__.split("\n\n")[0])
@@ -113,7 +148,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="on SIGTERM/Ctrl-C, seconds to finish the requests in flight (default: 30)",
     )
     parser.add_argument("--no-access-log", dest="access_log", action="store_false", help="do not log each request")
-    return parser.parse_args(argv)
+    access = parser.add_argument_group("access (README: Serve it, Deploy it)")
+    access.add_argument(
+        "--api-key",
+        type=api_key,
+        help="require the header Authorization: Bearer KEY on every endpoint but /health and the page's files "
+        f"(default: the environment variable {API_KEY_VARIABLE}, which keeps the key out of `ps`)",
+    )
+    access.add_argument(
+        "--cors-allow-origin",
+        type=origins,
+        action="extend",
+        default=[],
+        metavar="ORIGIN",
+        help="a web page's origin (https://host[:port]) allowed to call the API from a browser; repeat or "
+        "separate with commas; * for any (default: none, only the server's own page)",
+    )
+    connections = parser.add_argument_group("connections")
+    connections.add_argument(
+        "--read-timeout",
+        type=positive_seconds,
+        default=READ_TIMEOUT,
+        help="seconds for a request's head and body to arrive from its first byte; a slower one gets 408 and "
+        f"its connection closed (default: {READ_TIMEOUT})",
+    )
+    connections.add_argument(
+        "--max-connections",
+        type=at_least(1),
+        help="open connections at most; a new one past it closes the one that has waited longest for its "
+        f"request (default: the open-file limit, raised to its hard limit, less {FILES_RESERVED} or half of it, "
+        f"at most {MAX_CONNECTIONS})",
+    )
+    args = parser.parse_args(argv)
+    if args.api_key is None and os.environ.get(API_KEY_VARIABLE):
+        try:
+            args.api_key = api_key(os.environ[API_KEY_VARIABLE])
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"{API_KEY_VARIABLE}: {err}")
+    return args
 
 
 def port(text: str) -> int:
@@ -126,6 +198,19 @@ def port(text: str) -> int:
     return value
 
 
+def exposure_warning(host: str, key: str | None) -> str | None:
+    """The warning to print when the server can be reached from other machines with no key, else None."""
+    from zh_sentiment.serve.gate import is_loopback_address
+
+    if key or is_loopback_address(host):
+        return None
+    return (
+        f"serve: warning: listening on {host}, beyond this machine, with no API key: anyone who can reach "
+        f"it can use it. Set {API_KEY_VARIABLE} (or --api-key), and serve it behind a reverse proxy with TLS "
+        "(README: Deploy it)"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # imported here: `zh-sentiment predict` need not load the web stack
@@ -134,6 +219,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from zh_sentiment.inference import choose_model, load_model
     from zh_sentiment.serve.app import Settings, create_app
+    from zh_sentiment.serve.connections import (
+        BACKLOG,
+        ConnectionLimits,
+        default_max_connections,
+        protocol_class,
+        raise_file_limit,
+    )
+    from zh_sentiment.serve.gate import is_loopback_address
+    from zh_sentiment.serve.logs import log_config
 
     transformers_logging.disable_progress_bar()  # a "Loading weights" bar is noise in a server's log
     if args.model_dir is not None:
@@ -150,13 +244,24 @@ def main(argv: list[str] | None = None) -> None:
         max_body_bytes=args.max_body_bytes,
         max_concurrent_requests=args.max_concurrent_requests,
         auto_truncate=args.auto_truncate,
+        api_key=args.api_key,
+        cors_allow_origins=tuple(args.cors_allow_origin),
+        loopback_hosts_only=is_loopback_address(args.host),
     )
+    if (warning := exposure_warning(args.host, args.api_key)) is not None:
+        print(warning, file=sys.stderr)
+    file_limit = raise_file_limit()
+    limits = ConnectionLimits(args.read_timeout, args.max_connections or default_max_connections(file_limit))
     app = create_app(classifier, settings, reason)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
+        http=protocol_class(limits),
+        backlog=BACKLOG,
         access_log=args.access_log,
         timeout_graceful_shutdown=args.shutdown_timeout,
+        log_config=log_config(),
         log_level="info",
     )
+    uvicorn.Server(config).run()

@@ -9,12 +9,13 @@ text-classification request, the one huggingface_hub's InferenceClient sends: it
 that API's shape, a list per input even for one text, so the client's parsing works unchanged.
 Warnings about an input (empty, truncated, unknown tokens) ride on each of its predictions as
 "warnings": [{"code", "message"}]; an input without any has no such field (TEI's exact shape).
-Errors are TEI's {"error": message, "error_type": kind}.
+Errors are TEI's {"error": message, "error_type": kind}, those of parsing the request and Starlette's
+own (404, 405) included.
 """
 
 import asyncio
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -26,6 +27,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from zh_sentiment.inference import Classifier, Note
 from zh_sentiment.serve.batching import Batcher
@@ -45,6 +48,9 @@ class Settings:
     max_body_bytes: int = 2_000_000  # TEI's --payload-limit
     max_concurrent_requests: int = 512  # more /predict requests at once get 429 (TEI's default)
     auto_truncate: bool = True  # what "truncate" means when a request leaves it out
+    api_key: str | None = field(default=None, repr=False)  # when set, every endpoint but /health and the page's code
+    cors_allow_origins: tuple[str, ...] = ()  # web origins whose pages may call the API (none: same origin only)
+    loopback_hosts_only: bool = False  # listening on loopback: refuse other Host: names (DNS rebinding)
 
 
 class Parameters(BaseModel):
@@ -104,8 +110,42 @@ class ApiError(Exception):
         self.status, self.message, self.error_type = status, message, error_type
 
 
-def error_json(status: int, message: str, error_type: str) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
+def error_json(status: int, message: str, error_type: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
+
+
+def unreadable_body(cause: BaseException | None) -> str | None:
+    """Why a JSON body could not be read, for the errors FastAPI reports only as "error parsing the body"."""
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start]
+        return (
+            f"body: not {cause.encoding.upper()} text: byte 0x{byte:02x} at offset {cause.start:,} ({cause.reason}); "
+            "send the JSON encoded as UTF-8"
+        )
+    if isinstance(cause, RecursionError):
+        return 'body: the JSON is nested too deeply to read; send a flat object such as {"inputs": ["..."]}'
+    return None
+
+
+def http_error_message(request: Request, err: HTTPException) -> str:
+    if err.status_code == 404:
+        return f"{request.url.path}: no such endpoint; the API is POST /predict, GET /health, /info, /metrics, /docs"
+    if err.status_code == 405:
+        allowed = (err.headers or {}).get("Allow", "")
+        return f"{request.method} {request.url.path}: not allowed; use {allowed}"
+    return str(err.detail)
+
+
+def text_error(text: str) -> str | None:
+    """Why a text cannot be read as Unicode (a lone surrogate such as "\\ud800"), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (
+            f"character {err.start} is {text[err.start]!a}, a lone surrogate: not a Unicode character; "
+            "send text that encodes as UTF-8"
+        )
+    return None
 
 
 def readable(err: RequestValidationError) -> str:
@@ -191,6 +231,15 @@ def create_app(classifier: Classifier, settings: Settings, reason: str = "") -> 
     async def invalid_request(request: Request, err: RequestValidationError):
         return error_json(422, readable(err), "validation")
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException):
+        """Starlette's and FastAPI's own errors (404, 405, a body that cannot be parsed) in TEI's shape."""
+        reason = unreadable_body(err.__cause__)  # FastAPI raises "error parsing the body" from the real error
+        if reason is not None:
+            return error_json(422, reason, "validation")
+        error_type = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "validation")
+        return error_json(err.status_code, http_error_message(request, err), error_type, err.headers)
+
     @app.post(
         "/predict",
         summary="Classify one text or a list of texts",
@@ -219,6 +268,9 @@ def create_app(classifier: Classifier, settings: Settings, reason: str = "") -> 
             raise ApiError(422, f"raw_scores: true contradicts parameters.function_to_apply: {function}")
         function = function or ("none" if body.raw_scores else "softmax")
         truncate = settings.auto_truncate if body.truncate is None else body.truncate
+        for i, text in enumerate(texts):  # before the batcher: a text the tokenizer cannot take is this request's
+            if (problem := text_error(text)) is not None:
+                raise ApiError(422, f"{'inputs' if single else f'inputs[{i}]'}: {problem}")
         cut = {}
         for i, text in enumerate(texts):
             if len(text) > settings.max_input_chars:
@@ -295,6 +347,8 @@ def create_app(classifier: Classifier, settings: Settings, reason: str = "") -> 
             "chosen_because": reason,
             "max_input_chars": settings.max_input_chars,
             "max_body_bytes": settings.max_body_bytes,
+            # the files of the model folder that differ on disk from those loaded (empty: it still matches)
+            "changed_on_disk": await asyncio.to_thread(classifier.changed_on_disk),  # may hash: off the loop
         }
 
     @app.get("/metrics", summary="Prometheus metrics")
@@ -306,5 +360,18 @@ def create_app(classifier: Classifier, settings: Settings, reason: str = "") -> 
         return FileResponse(PAGE_DIR / "index.html")
 
     app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
-    app.add_middleware(Gate, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        Gate,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        api_key=settings.api_key,
+        loopback_hosts_only=settings.loopback_hosts_only,
+    )
+    if settings.cors_allow_origins:  # outermost: a preflight (OPTIONS) is answered before the key is asked for
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     return app

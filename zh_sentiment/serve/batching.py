@@ -8,14 +8,17 @@ batches: throughput under many clients approaches offline batch throughput.
 
 Only this thread ever calls the classifier: score() is CPU-bound and not meant to run
 concurrently, and a fast tokenizer must not be used from two threads at once.
+
+One text cannot fail another: if counting or scoring a batch raises, each of its texts is tried
+alone, so only the request whose text is at fault gets the error (424), and its traceback is logged
+once per kind and minute (serve/logs.py), not once per request.
 """
 
 import asyncio
+import logging
 import queue
-import sys
 import threading
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass
 
@@ -24,6 +27,7 @@ import numpy as np
 from zh_sentiment.inference import Classifier, Note
 
 STOP = object()  # put on the queue to end the worker
+logger = logging.getLogger("zh_sentiment.serve")
 
 
 @dataclass
@@ -87,17 +91,25 @@ class Batcher:
         return self.queue.qsize() + len(self.waiting)
 
     async def score(self, texts: list[str]) -> list[tuple[np.ndarray, list[Note]]]:
-        """Each text's raw scores and notes. Cancelling this (a client that went away) drops its texts."""
+        """Each text's raw scores and notes. Cancelling this (a client that went away) drops its texts.
+
+        RuntimeError naming the first text the model failed on, as inputs[i].
+        """
         loop = asyncio.get_running_loop()
         jobs = [Job(text, loop.create_future(), loop) for text in texts]
         for job in jobs:
             self.queue.put(job)
         try:
-            return list(await asyncio.gather(*(job.future for job in jobs)))
+            # every outcome, errors too: an error left unread would be logged again by asyncio
+            outcomes = await asyncio.gather(*(job.future for job in jobs), return_exceptions=True)
         except asyncio.CancelledError:
             for job in jobs:
                 job.future.cancel()
             raise
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, BaseException):
+                raise RuntimeError(f"inputs[{i}]: {outcome}")
+        return outcomes
 
     def work(self) -> None:
         stopping = False
@@ -127,10 +139,20 @@ class Batcher:
         if not new:
             return
         try:
-            for job, cost in zip(new, self.classifier.count_tokens([job.text for job in new])):
+            costs = self.classifier.count_tokens([job.text for job in new])
+        except Exception:  # one text at fault must not fail the others: count each alone to find it
+            costs = [self.count_alone(job) for job in new]
+        for job, cost in zip(new, costs):
+            if cost is not None:
                 job.cost = max(1, cost)  # an empty text still takes a row
-        except Exception as err:  # a bug, not bad input: fail these requests, keep serving the others
-            self.fail(new, err)
+
+    def count_alone(self, job: Job) -> int | None:
+        """The job's token count; None if counting fails (the job then fails)."""
+        try:
+            return self.classifier.count_tokens([job.text])[0]
+        except Exception as err:
+            self.fail(job, err)
+            return None
 
     def next_batch(self) -> list[Job]:
         """The oldest waiting jobs whose tokens fit the budget (always at least one)."""
@@ -153,16 +175,20 @@ class Batcher:
                 [job.text for job in batch], batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens
             )
         except Exception as err:
-            self.fail(batch, err)
+            if len(batch) == 1:
+                self.fail(batch[0], err)
+            else:  # one text at fault must not fail the others: score each alone to find it
+                for job in batch:
+                    self.run([job])
             return
         # counted before any answer goes out: a client reading /metrics after its answer sees its batch
         self.on_batch(len(batch), sum(job.cost for job in batch), time.perf_counter() - start)
         for job, row, job_notes in zip(batch, scores, notes):
             job.deliver((row, job_notes))
 
-    def fail(self, jobs: list[Job], err: Exception) -> None:
-        traceback.print_exception(err, file=sys.stderr)
-        for job in jobs:
-            if job in self.waiting:
-                self.waiting.remove(job)
-            job.deliver(RuntimeError(f"the model failed on this batch: {type(err).__name__}: {err}"))
+    def fail(self, job: Job, err: Exception) -> None:
+        """Give the job's request the error (its client gets 424) and log it (once a minute for each kind)."""
+        logger.error("the model failed on a text; its request gets 424", exc_info=err)
+        if job in self.waiting:
+            self.waiting.remove(job)
+        job.deliver(RuntimeError(f"the model failed on this text: {type(err).__name__}: {err}"))

@@ -1,8 +1,32 @@
 // The page: reviews in, one POST /predict per chunk of at most the server's max inputs, labels out.
+// A server started with an API key answers /info with 401: the page then asks for the key, keeps it
+// in sessionStorage (this tab only) and sends it with every request.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const KEY = "zh-sentiment-api-key";
 let maxInputs = 32;
+
+function withKey(headers = {}) {
+  const key = sessionStorage.getItem(KEY);
+  return key ? { ...headers, Authorization: `Bearer ${key}` } : headers;
+}
+
+function askForKey() {
+  $("model").textContent = sessionStorage.getItem(KEY)
+    ? "The server refused that key: type it again."
+    : "The server asks for its API key.";
+  $("key-form").hidden = false;
+  $("key").focus();
+}
+
+function useKey(event) {
+  event.preventDefault();
+  sessionStorage.setItem(KEY, $("key").value);
+  $("key").value = "";
+  $("key-form").hidden = true;
+  describeModel();
+}
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -13,7 +37,9 @@ function element(tag, className, text) {
 
 async function describeModel() {
   try {
-    const info = await (await fetch("/info")).json();
+    const response = await fetch("/info", { headers: withKey() });
+    if (response.status === 401) return askForKey();
+    const info = await response.json();
     maxInputs = info.max_client_batch_size;
     const accuracy = info.validation && info.validation.accuracy;
     $("model").textContent =
@@ -65,9 +91,10 @@ async function classify(event) {
       const chunk = reviews.slice(start, start + maxInputs);
       const response = await fetch("/predict", {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: withKey({ "Content-Type": "application/json" }),
         body: JSON.stringify({ inputs: chunk }),
       });
+      if (response.status === 401) askForKey();
       const answer = await response.json();
       if (!response.ok) throw new Error(answer.error || response.statusText);
       chunk.forEach((text, i) => showResult(text, answer[i]));
@@ -81,6 +108,7 @@ async function classify(event) {
 }
 
 $("form").addEventListener("submit", classify);
+$("key-form").addEventListener("submit", useKey);
 $("reviews").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("form").requestSubmit();
 });
