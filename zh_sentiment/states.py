@@ -110,7 +110,7 @@ class CachedStates:
         """The reviews `index` padded to the longest of them (fp32 states, zeros after each review's end).
 
         One copy per review: measured 3-4x faster than one index_select gather of every position
-        (the benchmark's finetune_levers row), a few ms a batch next to a training step of seconds."""
+        (the retired finetune_levers benchmark: README), a few ms a batch next to a training step of seconds."""
         lengths = self.lengths[index]
         states = torch.zeros(len(index), int(lengths.max()), self.states.shape[1])
         for row, (offset, length) in enumerate(zip(self.offsets[index].tolist(), lengths.tolist())):
