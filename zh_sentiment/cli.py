@@ -2,10 +2,10 @@
 
 import sys
 
-from zh_sentiment import predict, serve
+from zh_sentiment import predict, remote, serve
 from zh_sentiment.errors import run
 
-COMMANDS = {"predict": predict.main, "serve": serve.main}
+COMMANDS = {"predict": predict.main, "serve": serve.main, "remote-check": remote.main}
 
 
 def main(argv: list[str] | None = None) -> None:
