@@ -33,9 +33,15 @@ def shown(name: str) -> str:
     return hub_id(name) or Path(name).name
 
 
+def encoder(record: dict, params: Params) -> str | None:
+    """The encoder the model was trained from: the one model.json records, or, for a fine-tuned folder (which is
+    its own encoder, "."), the starting weights model.name names; None for the baseline."""
+    return params.model.name if record["model"] == "." else record["model"]
+
+
 def metadata(record: dict, params: Params) -> dict:
     """The card's YAML header."""
-    base_model = hub_id(params.model.name) if record["kind"] != "baseline" else None
+    base_model = hub_id(encoder(record, params)) if record["model"] else None
     dataset = hub_id(params.data.dataset)
     header = {
         "language": ["zh"],
@@ -96,8 +102,8 @@ def body(record: dict, params: Params) -> str:
         if test
         else "Test metrics are measured by the `evaluate` stage: see `metrics/frozen_head.json` in the project."
     )
-    encoder = (
-        f"- Encoder: `{shown(params.model.name)}`, reading at most {record['max_length']} tokens per review\n"
+    model = (
+        f"- Encoder: `{shown(encoder(record, params))}`, reading at most {record['max_length']} tokens per review\n"
         f"- Pooling: `{record['pooling']}`\n- Precision at training time: `{record['precision']}`\n"
         if record["kind"] != "baseline"
         else "- Features: TF-IDF of character n-grams\n"
@@ -123,7 +129,7 @@ training is refused.
 
 ## Training
 
-{encoder}- Data: `{shown(data.dataset)}` (text column `{data.text_column}`, label column `{data.label_column}`)
+{model}- Data: `{shown(data.dataset)}` (text column `{data.text_column}`, label column `{data.label_column}`)
 - Cleaning: {cleaning(params)}
 
 Params:
