@@ -49,8 +49,8 @@ class Project:
             raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
         return result
 
-    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.run(sys.executable, "-m", "dvc", *args, check=check)
+    def dvc(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", "dvc", *args, check=check, env=env)
 
     def stage(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run(sys.executable, "-m", f"stages.{name}", *args, check=check)

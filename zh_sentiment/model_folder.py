@@ -24,6 +24,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from zh_sentiment.errors import PipelineError
+from zh_sentiment.model_card import write_model_card
 from zh_sentiment.outputs import write_json
 from zh_sentiment.paths import BASELINE_FILE, HEAD_FILE, INFO_FILE, WEIGHT_FILES
 
@@ -150,7 +151,9 @@ def rounded(metrics: dict) -> dict:
 
 
 def write_info(folder: Path, record: dict) -> None:
+    """model.json, and the model card (README.md) that describes the model to people and to the Hub."""
     write_json(folder / INFO_FILE, record)
+    write_model_card(folder, record)
 
 
 def validate_info(raw, path: Path) -> dict:
