@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -87,9 +88,8 @@ def a_dead_pid() -> int:
     return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
 
 
-@pytest.mark.parametrize("write", ["file", "folder"])
-def test_the_next_write_discards_a_killed_writers_leftover_and_touches_nothing_else(tmp_path, write):
-    """A writer killed midway leaves its temporary name behind; the next write of the same output removes it
+def test_the_next_write_discards_a_killed_stages_leftover_folder_and_touches_nothing_else(tmp_path):
+    """A stage killed midway leaves its temporary folder behind; the next write of the same output removes it
     (its pid is gone), and nothing else: not a running writer's, not a user's file with a similar name."""
     output = tmp_path / "features"
     leftover = tmp_path / f".features.{a_dead_pid()}-0123abcd.tmp"
@@ -101,11 +101,35 @@ def test_the_next_write_discards_a_killed_writers_leftover_and_touches_nothing_e
     for name in users:
         (tmp_path / name).write_text("the user's", encoding="utf-8")
 
-    if write == "folder":
-        with atomic_dir(output) as out:
-            (out / "train.safetensors").write_bytes(b"whole")
-    else:
-        write_json(output, {"whole": True})
+    with atomic_dir(output) as out:
+        (out / "train.safetensors").write_bytes(b"whole")
 
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["features", running.name, *users])
     assert all((tmp_path / name).read_text(encoding="utf-8") == "the user's" for name in users)
+
+
+def test_a_file_write_never_removes_a_file_named_like_a_leftover(tmp_path):
+    """Any name may be a user's file (predict's --input among them): a file write removes nothing but its own."""
+    users = tmp_path / f".features.{a_dead_pid()}-0123abcd.tmp"
+    users.write_text("the user's", encoding="utf-8")
+    write_json(tmp_path / "features", {"whole": True})
+    assert users.read_text(encoding="utf-8") == "the user's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["features", users.name])
+
+
+def test_a_file_output_that_is_a_link_a_pipe_or_a_private_file_stays_what_it_is(tmp_path):
+    target = tmp_path / "precious.csv"
+    target.write_text("old", encoding="utf-8")
+    target.chmod(0o600)
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    write_json(link, {"new": True})
+    assert link.is_symlink() and json.loads(target.read_text(encoding="utf-8")) == {"new": True}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600  # a private output stays private
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    write_json(fifo, {"piped": True})
+    assert json.loads(reader.communicate(timeout=10)[0]) == {"piped": True}
+    assert stat.S_ISFIFO(fifo.stat().st_mode)  # still a pipe, not a file put in its place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.csv", "precious.csv"]

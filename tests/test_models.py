@@ -242,6 +242,15 @@ def test_a_finetuned_folder_with_its_config_edited_is_refused(finetuned_dir, fil
     assert f"{file} changed since" in predict_error(finetuned_dir, POSITIVE_REVIEW)
 
 
+def test_a_finetuned_folder_missing_a_file_or_with_one_added_says_which(finetuned_dir):
+    (finetuned_dir / "vocab.txt").write_text("[PAD]\n[UNK]\n", encoding="utf-8")  # a tokenizer reads it: it shapes
+    message = predict_error(finetuned_dir, POSITIVE_REVIEW)
+    assert "vocab.txt added since" in message and "remove any added since" in message
+    (finetuned_dir / "vocab.txt").unlink()
+    (finetuned_dir / "model.safetensors").unlink()
+    assert "model.safetensors missing" in predict_error(finetuned_dir, POSITIVE_REVIEW)
+
+
 def test_a_finetuned_folder_with_shuffled_token_ids_is_refused(finetuned_dir):
     path = finetuned_dir / "tokenizer.json"
     tokenizer = json.loads(path.read_text(encoding="utf-8"))

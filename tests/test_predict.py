@@ -313,6 +313,24 @@ def test_a_row_with_more_fields_than_the_header_is_one_error_naming_file_and_lin
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
+@pytest.mark.parametrize(
+    ("lines", "columns", "where"),
+    [
+        (["text,text", f"{NEGATIVE_REVIEW},x"], [], "the header row"),
+        ([f"{NEGATIVE_REVIEW},x"], ["--columns", "text,text"], "--columns"),
+    ],
+    ids=["header", "--columns"],
+)
+def test_two_columns_of_one_name_are_one_error_naming_it(trained_project, tmp_path, predict, lines, columns, where):
+    """Which of the two holds the reviews would be a guess (the header's second one was renamed text.1)."""
+    source = tmp_path / "in.csv"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = predict(trained_project.path, "--input", str(source), *columns)
+    assert result.returncode == 1
+    assert where in result.stderr and "'text' more than once" in result.stderr
+    assert len(result.stderr.splitlines()) == 1  # no traceback
+
+
 def test_a_row_with_fewer_fields_than_the_header_has_empty_cells(trained_project, tmp_path, predict):
     """As a blank line is a row of empty cells: an empty review is skipped, an empty label is named."""
     source = tmp_path / "in.csv"

@@ -24,7 +24,7 @@ from tests.fixtures import NEGATIVE, POSITIVE
 from tests.server import running_server
 from tests.test_page import CHROMIUM, FLAGS, open_page
 from zh_sentiment.inference import load_model
-from zh_sentiment.serve import exposure_warning
+from zh_sentiment.serve import exposure_warning, parse_args
 from zh_sentiment.serve.batching import Batcher, Job
 from zh_sentiment.serve.logs import OncePerInterval
 
@@ -236,8 +236,9 @@ def test_a_body_over_the_limit_gets_a_413_that_urllib_and_requests_read(server):
     [
         (b'{"inputs": "\xff\xfe"}', "not UTF-8 text: byte 0xff at offset 12"),
         (b'{"inputs": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", "nested too deeply"),
+        (b'{"inputs": "a", "truncate": ' + b"9" * 5_000 + b"}", "a number of more than 4,300 digits"),
     ],
-    ids=["not-utf8", "nested-10000-deep"],
+    ids=["not-utf8", "nested-10000-deep", "a-5000-digit-number"],
 )
 def test_a_body_that_cannot_be_parsed_gets_teis_error_shape_with_the_reason(server, body, reason):
     status, answer = server.post(body)
@@ -349,3 +350,13 @@ def test_info_names_the_model_files_that_no_longer_match_what_is_served(server, 
     finally:
         record.write_bytes(original)
     assert json.loads(server.get("/info")[1])["changed_on_disk"] == []
+
+
+def test_an_api_key_variable_set_but_empty_stops_the_server_instead_of_opening_it(monkeypatch, capsys):
+    """`export ZH_SENTIMENT_API_KEY=$(cat missing-file)` sets it empty: serving with no key would be a surprise."""
+    monkeypatch.setenv("ZH_SENTIMENT_API_KEY", "")
+    with pytest.raises(SystemExit) as stopped:
+        parse_args([])
+    assert stopped.value.code == 2 and "ZH_SENTIMENT_API_KEY: the key is empty" in capsys.readouterr().err
+    monkeypatch.setenv("ZH_SENTIMENT_API_KEY", KEY)
+    assert parse_args([]).api_key == KEY

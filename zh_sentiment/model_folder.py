@@ -14,6 +14,7 @@ file changed on disk later changes no answer (LoadedFiles.changed says which dif
 No model folder ever runs code: see encoder.refuse_remote_code.
 """
 
+import codecs
 import hashlib
 import json
 import os
@@ -178,6 +179,11 @@ def read_info(folder: Path, files: "LoadedFiles | None" = None) -> dict:
             "the folder of a trained model."
         )
     data = files.read(path) if files is not None else path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        raise PipelineError(
+            f"{path} starts with a UTF-8 byte order mark: an editor saved it. Save it again without one (UTF-8, "
+            f"no BOM), or {REDO[0].lower()}{REDO[1:]}"
+        )
     try:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -270,18 +276,21 @@ def verify_files(recorded: dict[str, str], folder: Path, what: str, info_file: P
     """Refuse a folder whose shaping files differ from those the model was trained and measured with
     (changed, missing, or added since); each file's bytes, by path, as they were hashed."""
     names = dict.fromkeys([*CONFIG_FILES, *weight_files(folder), *TOKENIZER_FILES, *recorded])
-    contents, changed = {}, []
+    contents, problems = {}, {"changed since": [], "missing": [], "added since": []}
     for name in names:
         path = folder / name
         if path.is_file():
             contents[path] = files.read(path)
-        if recorded.get(name) != (files.sha256(path) if path in contents else None):
-            changed.append(name)
-    if changed:
+        found = files.sha256(path) if path in contents else None
+        if recorded.get(name) != found:
+            kind = "missing" if found is None else "added since" if name not in recorded else "changed since"
+            problems[kind].append(name)
+    if any(problems.values()):
+        said = "; ".join(f"{', '.join(sorted(names))} {kind}" for kind, names in problems.items() if names)
         raise PipelineError(
-            f"{info_file}: {what} {folder} is not what this model was trained with: "
-            f"{', '.join(sorted(changed))} changed since (sha256 recorded in {INFO_FILE}). Put the original files "
-            "back, or train the model again (`dvc repro`)."
+            f"{info_file}: {what} {folder} is not what this model was trained with: {said} (sha256 recorded in "
+            f"{INFO_FILE}). Put the original files back and remove any added since (they change what the model "
+            "computes), or train the model again (`dvc repro`)."
         )
     return contents
 

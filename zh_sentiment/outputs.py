@@ -2,8 +2,14 @@
 
 Everything is written under a temporary name in the same folder (so that the rename is atomic) and renamed
 into place only when it is whole. The temporary name is new and ours, `.<name>.<pid>-<random>.tmp`: it never
-replaces or removes a file of the user's, such as an input called `<name>.tmp`. One left behind by a writer
-that was killed (its pid is no longer alive) is discarded by the next write of the same output.
+replaces or removes a file of the user's, such as an input called `<name>.tmp`. A folder left behind by a
+stage that was killed (its pid no longer alive: the cached states can be gigabytes) is discarded by the next
+write of the same output; a file is never discarded, since a user's own file (predict's --input) may have any
+name.
+
+A file output that is a link is written where the link points (the link stays), keeping that file's
+permissions; one that is a device or a pipe (/dev/stdout, a FIFO) is written to directly: it cannot be
+replaced, and nothing half-written can be mistaken for a whole file there.
 """
 
 import errno
@@ -12,6 +18,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,16 +109,30 @@ def atomic_dir(path: str | Path, needs: int = 0) -> Iterator[Path]:
     tmp.rename(path)
 
 
+def is_stream(path: Path) -> bool:
+    """A character device, FIFO or socket: something to write to, not a file to replace."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path that replaces `path` once the block succeeds."""
-    path = Path(path)
+    """Yield a temporary path that replaces `path` once the block succeeds (see the module's docstring for
+    links, devices and pipes)."""
+    path = Path(os.path.realpath(path))
+    if is_stream(path):
+        yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    discard_leftovers(path)
     tmp = temporary_name(path)
     tmp.touch(exist_ok=False)  # created here, exclusively (as mkstemp does, but with the umask's mode)
     try:
         yield tmp
+        if path.is_file():  # an output replaced keeps its permissions: a private file stays private
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         os.replace(tmp, path)
     except (OSError, SafetensorError) as err:
         written = size(tmp)

@@ -241,6 +241,7 @@ def read_table(
     if columns:
         frame = name_columns(frame, columns, path, columns_param)
     else:
+        refuse_repeated_names([cell for cell in frame.iloc[0] if not pd.isna(cell)], f"{path}: the header row")
         frame = frame.iloc[1:].set_axis(header_names(text, path), axis=1).reset_index(drop=True)
     if frame.empty:
         raise PipelineError(
@@ -254,7 +255,18 @@ def header_names(text: str, path: Path) -> list[str]:
     return list(pd.read_csv(io.StringIO(text), dtype=str, nrows=0, **csv_options(path)).columns)
 
 
+def refuse_repeated_names(names: list[str], where: str) -> None:
+    """Two columns of one name: which one holds the reviews would be a guess."""
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise PipelineError(
+            f"{where} names the column(s) {', '.join(map(repr, repeated))} more than once. Give each column "
+            "its own name."
+        )
+
+
 def name_columns(frame: pd.DataFrame, columns: list[str], path: Path, columns_param: str) -> pd.DataFrame:
+    refuse_repeated_names(columns, columns_param)
     # the table is as wide as its first line (a longer line after it is a read error): name that line
     if frame.shape[1] != len(columns):
         raise PipelineError(

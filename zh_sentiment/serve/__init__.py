@@ -58,7 +58,9 @@ def positive_seconds(text: str) -> float:
 
 def api_key(text: str) -> str:
     """An argparse type: a key that can travel in an Authorization header."""
-    if not text or not text.isascii() or not text.isprintable() or " " in text:
+    if not text:  # e.g. `export ZH_SENTIMENT_API_KEY=$(cat a-missing-file)`: never a server open by mistake
+        raise argparse.ArgumentTypeError("the key is empty: give the key, or unset the variable to serve without one")
+    if not text.isascii() or not text.isprintable() or " " in text:
         raise argparse.ArgumentTypeError("the key must be printable ASCII with no spaces (it travels in a header)")
     return text
 
@@ -66,8 +68,12 @@ def api_key(text: str) -> str:
 def origins(text: str) -> list[str]:
     """An argparse type: comma-separated web origins (scheme://host[:port]), or *."""
     found = [origin.strip() for origin in text.split(",") if origin.strip()]
+    if not found:
+        raise argparse.ArgumentTypeError("give an origin, e.g. https://app.example.com")
     for origin in found:
         parts = urlsplit(origin)
+        if origin != "*" and "*" in origin:  # CORS matches whole origins: a wildcard inside one never matches
+            raise argparse.ArgumentTypeError(f"{origin!r}: no wildcards inside an origin; list each origin, or give *")
         if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
             raise argparse.ArgumentTypeError(
                 f"{origin!r}: an origin is scheme://host[:port] with nothing after it, e.g. https://app.example.com"
@@ -180,7 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"at most {MAX_CONNECTIONS})",
     )
     args = parser.parse_args(argv)
-    if args.api_key is None and os.environ.get(API_KEY_VARIABLE):
+    if args.api_key is None and API_KEY_VARIABLE in os.environ:
         try:
             args.api_key = api_key(os.environ[API_KEY_VARIABLE])
         except argparse.ArgumentTypeError as err:

@@ -124,12 +124,15 @@ def unreadable_body(cause: BaseException | None) -> str | None:
         )
     if isinstance(cause, RecursionError):
         return 'body: the JSON is nested too deeply to read; send a flat object such as {"inputs": ["..."]}'
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):  # Python's guard, 4,300 digits
+        return "body: the JSON holds a number of more than 4,300 digits; no field takes one"
     return None
 
 
 def http_error_message(request: Request, err: HTTPException) -> str:
     if err.status_code == 404:
-        return f"{request.url.path}: no such endpoint; the API is POST /predict, GET /health, /info, /metrics, /docs"
+        path = request.url.path if len(request.url.path) <= 200 else request.url.path[:200] + "..."
+        return f"{path}: no such endpoint; the API is POST /predict, GET /health, /info, /metrics, /docs"
     if err.status_code == 405:
         allowed = (err.headers or {}).get("Allow", "")
         return f"{request.method} {request.url.path}: not allowed; use {allowed}"
