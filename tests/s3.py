@@ -7,10 +7,7 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.server import free_port
+from tests.server import Service, free_port
 
 ACCESS_KEY = "teamaccesskey"
 SECRET_KEY = "teamsecretkey"
@@ -40,8 +37,10 @@ def die_with_the_tests() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class S3Store:
+class S3Store(Service):
     """A running `weed mini`: its endpoint URL, its one identity's keys and one bucket."""
+
+    name = "weed mini"
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -80,26 +79,18 @@ class S3Store:
             f"-s3.config={folder / 's3.json'}",
             f"-bucket={BUCKET}",
         ]
-        self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would block the store
-        self.process = subprocess.Popen(
-            command, cwd=folder, stdout=self.log, stderr=self.log, preexec_fn=die_with_the_tests
-        )
+        self.start(command, cwd=folder, preexec_fn=die_with_the_tests)
 
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
+    def serves_the_bucket(self) -> bool:
+        try:
+            self.client().head_bucket(Bucket=BUCKET)
+            return True
+        except (BotoCoreError, ClientError):  # not listening yet, or the bucket not made yet
+            return False
 
     def wait_ready(self, timeout: float = 60) -> "S3Store":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"weed mini exited {self.process.returncode}:\n{self.output()}")
-            try:
-                self.client().head_bucket(Bucket=BUCKET)
-                return self
-            except (BotoCoreError, ClientError):  # not listening yet, or the bucket not made yet
-                time.sleep(0.3)
-        raise AssertionError(f"weed mini did not serve S3 within {timeout} s:\n{self.output()}")
+        self.wait_until(self.serves_the_bucket, "serve S3", timeout)
+        return self
 
     def client(self):
         """A plain S3 client with the store's identity, for what a test does behind DVC's back."""
@@ -112,16 +103,6 @@ class S3Store:
             aws_secret_access_key=SECRET_KEY,
             config=config,
         )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
 
     def env(self, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY) -> dict[str, str]:
         """This process's environment with the usual AWS variables, as README tells a teammate to set them."""

@@ -23,39 +23,29 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class Server:
-    """`api_key`: given to the server in its environment variable, and sent with every request of this object's
-    methods. `file_limit`: the server's open-file limit, soft and hard."""
+class Service:
+    """A process the tests start (a server, a store) and stop, its output in a file: a full pipe would block it."""
 
-    def __init__(self, cwd: Path, *args: str, api_key: str | None = None, file_limit: int | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a full pipe would block the server
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        env = python_first_env()
-        env.pop(API_KEY_VARIABLE, None)
-        if api_key:
-            env[API_KEY_VARIABLE] = api_key
-        command = command_dying_with_parent("serve", "--port", str(self.port), "--no-access-log", *args)
-        if file_limit is not None:  # set by the shell before the server starts (preexec_fn is unsafe with threads)
-            command = ["sh", "-c", f'ulimit -n {file_limit} && exec "$@"', "sh", *command]
-        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=self.log, stderr=self.log)
+    name = "the service"
+
+    def start(self, command: list[str], **popen) -> None:
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log, **popen)
 
     def output(self) -> str:
         self.log.seek(0)
         return self.log.read()
 
-    def wait_ready(self, timeout: float = 120) -> "Server":
+    def wait_until(self, ready, what: str, timeout: float) -> None:
+        """Until `ready()` is true; an AssertionError with the output if the process exits or `timeout` passes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"the server exited {self.process.returncode}:\n{self.output()}")
-            try:
-                if self.get("/health")[0] == 200:
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError(f"the server did not answer /health within {timeout} s:\n{self.output()}")
+                raise AssertionError(f"{self.name} exited {self.process.returncode}:\n{self.output()}")
+            if ready():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{self.name} did not {what} within {timeout} s:\n{self.output()}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -66,6 +56,36 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+
+
+class Server(Service):
+    """`api_key`: given to the server in its environment variable, and sent with every request of this object's
+    methods. `file_limit`: the server's open-file limit, soft and hard."""
+
+    name = "the server"
+
+    def __init__(self, cwd: Path, *args: str, api_key: str | None = None, file_limit: int | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        env = python_first_env()
+        env.pop(API_KEY_VARIABLE, None)
+        if api_key:
+            env[API_KEY_VARIABLE] = api_key
+        command = command_dying_with_parent("serve", "--port", str(self.port), "--no-access-log", *args)
+        if file_limit is not None:  # set by the shell before the server starts (preexec_fn is unsafe with threads)
+            command = ["sh", "-c", f'ulimit -n {file_limit} && exec "$@"', "sh", *command]
+        self.start(command, cwd=cwd, env=env)
+
+    def healthy(self) -> bool:
+        try:
+            return self.get("/health")[0] == 200
+        except OSError:  # not listening yet
+            return False
+
+    def wait_ready(self, timeout: float = 120) -> "Server":
+        self.wait_until(self.healthy, "answer /health", timeout)
+        return self
 
     def exchange(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
         """(status, headers, body text) of one request; an HTTP error status is an answer too, not an exception.
