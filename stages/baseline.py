@@ -16,11 +16,10 @@ import time
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
-from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from zh_sentiment.baseline import save_baseline
+from zh_sentiment.baseline import make_vectorizer, save_baseline
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import Baseline, load_params
@@ -76,10 +75,7 @@ def main() -> None:
             "a classifier needs at least two classes in train. Check the data source."
         )
     start = time.perf_counter()
-    # sublinear_tf: a character repeated ten times is not ten times the evidence
-    vectorizer = TfidfVectorizer(
-        analyzer="char", ngram_range=tuple(params.ngram_range), min_df=params.min_df, sublinear_tf=True
-    )
+    vectorizer = make_vectorizer(params)
     try:
         x_train = vectorizer.fit_transform(train_texts)
     except ValueError as err:  # sklearn: "After pruning, no terms remain"

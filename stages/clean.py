@@ -1,21 +1,26 @@
-"""clean: normalise texts, check labels, drop empty, duplicate and leaked reviews.
+"""clean: normalise texts, check labels, apply the reviewed label decisions, drop empty, duplicate and
+leaked reviews.
 
 Reads data/raw/<split>.csv (and data/raw/labels.json, the source's label names, when fetch
-wrote it), writes data/clean/<split>.csv (text, integer label),
+wrote it) and data/label_fixes.csv (reviewed decisions: relabel or drop a review; see
+zh_sentiment/label_fixes.py), writes data/clean/<split>.csv (text, integer label),
 data/clean/labels.json (the label names) and metrics/data/clean.json (rows in and
-out of each split, and how many rows each rule dropped or fixed).
+out of each split, how many rows each rule dropped or fixed, and how many the decisions
+relabeled and dropped).
 """
 
 import itertools
 import json
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 
 from zh_sentiment.errors import PipelineError, run
+from zh_sentiment.label_fixes import apply_decisions, read_decisions
 from zh_sentiment.outputs import atomic_dir, write_json
 from zh_sentiment.params import Clean, load_params
-from zh_sentiment.paths import CLEAN_DIR, CLEAN_REPORT, LABELS_FILE, RAW_DIR, SOURCE_LABELS_FILE, SPLITS
+from zh_sentiment.paths import CLEAN_DIR, CLEAN_REPORT, LABEL_FIXES, LABELS_FILE, RAW_DIR, SOURCE_LABELS_FILE, SPLITS
 from zh_sentiment.text import FIXES, normalize_text
 
 MAX_BAD_ROWS_SHOWN = 5
@@ -207,6 +212,8 @@ def drop_cross_split(splits: dict[str, pd.DataFrame], remove: bool) -> dict[str,
 
 def check_usable(name: str, frame: pd.DataFrame, report: dict, names: list[str]) -> None:
     reasons = ", ".join(f"{reason} {count}" for reason, count in report["dropped"].items())
+    if report["label_fixes"]["dropped"]:
+        reasons += f", by {LABEL_FIXES} {report['label_fixes']['dropped']}"
     if frame.empty:
         raise PipelineError(
             f"split '{name}' is empty after cleaning: {report['rows_in']} rows in; dropped: {reasons}. "
@@ -221,15 +228,21 @@ def check_usable(name: str, frame: pd.DataFrame, report: dict, names: list[str])
 
 
 def clean_splits(
-    raw: dict[str, pd.DataFrame], params: Clean, source_names: list[str] | None = None
+    raw: dict[str, pd.DataFrame], params: Clean, source_names: list[str] | None = None, fixes: Path | None = None
 ) -> tuple[dict[str, pd.DataFrame], list[str], dict]:
     """The cleaned splits, the label names (checked against `source_names`, the source's ClassLabel
-    names, when it has them), and the per-split report for metrics/data/clean.json."""
+    names, when it has them), and the per-split report for metrics/data/clean.json.
+
+    `fixes`: the reviewed decisions file, applied before duplicates are resolved, so that a relabeled
+    review's copies agree and a dropped review leaves every split."""
     splits, fixed, dropped = {}, {}, {}
     for name, frame in raw.items():
         splits[name], fixed[name], empty = normalize_texts(frame)
         dropped[name] = Counter(empty_text=empty)
     splits, names = parse_labels(splits, params, source_names)
+    decided = {name: Counter(relabeled=0, dropped=0) for name in SPLITS}
+    if fixes is not None:
+        splits, decided = apply_decisions(splits, read_decisions(fixes, names), fixes)
     for name in SPLITS:
         splits[name], counts = drop_duplicates(splits[name])
         dropped[name].update(counts)
@@ -246,6 +259,7 @@ def clean_splits(
             "rows_out": len(frame),
             "dropped": dict(dropped[name]),
             "fixed": dict(fixed[name]),
+            "label_fixes": dict(decided[name]),  # applied from the reviewed decisions file
             "labels": {label: labels[i] for i, label in enumerate(names)},
         }
         if not params.remove_cross_split_duplicates:
@@ -262,11 +276,15 @@ def main() -> None:
     source_names = None
     if SOURCE_LABELS_FILE.exists():
         source_names = json.loads(SOURCE_LABELS_FILE.read_text(encoding="utf-8"))["names"]
-    splits, names, report = clean_splits(raw, params, source_names)
+    splits, names, report = clean_splits(raw, params, source_names, LABEL_FIXES)
     with atomic_dir(CLEAN_DIR) as out:
         for name, frame in splits.items():
             frame.to_csv(out / f"{name}.csv", index=False, encoding="utf-8")
-            print(f"clean: {name}: {report[name]['rows_in']} -> {len(frame)} rows")
+            decided = report[name]["label_fixes"]
+            print(
+                f"clean: {name}: {report[name]['rows_in']} -> {len(frame)} rows "
+                f"({decided['relabeled']} relabeled, {decided['dropped']} dropped by {LABEL_FIXES})"
+            )
         write_json(out / LABELS_FILE.name, {"names": names})
     write_json(CLEAN_REPORT, report)
 

@@ -13,9 +13,18 @@ from sklearn.pipeline import Pipeline
 from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.model_folder import describe, write_info
 from zh_sentiment.outputs import atomic_dir
+from zh_sentiment.params import Baseline
 from zh_sentiment.paths import BASELINE, BASELINE_FILE, INFO_FILE
 
 STEPS = (("tfidf", TfidfVectorizer), ("classifier", LogisticRegression))
+
+
+def make_vectorizer(params: Baseline) -> TfidfVectorizer:
+    """The baseline's features (also the label_issues stage's): TF-IDF of character n-grams.
+    sublinear_tf: a character repeated ten times is not ten times the evidence."""
+    return TfidfVectorizer(
+        analyzer="char", ngram_range=tuple(params.ngram_range), min_df=params.min_df, sublinear_tf=True
+    )
 
 
 def save_baseline(pipeline: Pipeline, info: dict, folder: Path) -> dict:

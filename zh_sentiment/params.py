@@ -135,6 +135,21 @@ class Baseline(Section):
         return value
 
 
+class LabelIssues(Section):
+    # whose out-of-fold probabilities are averaged: frozen_head (on data/features), baseline (TF-IDF)
+    models: Annotated[list[Literal["frozen_head", "baseline"]], Field(min_length=1)]
+    folds: Annotated[int, Field(ge=2)]  # k of the stratified k-fold
+    c: Annotated[Float, Field(gt=0)]  # inverse regularisation strength of both logistic regressions
+    seed: int  # which review falls in which fold
+
+    @field_validator("models")
+    @classmethod
+    def each_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("name each model once")
+        return value
+
+
 class Finetune(Section):
     layers: int | str  # the top N encoder layers train on cached states; all: the whole model
     epochs: PositiveInt
@@ -180,6 +195,7 @@ class Params(Section):
     train: Train
     baseline: Baseline
     finetune: Finetune
+    label_issues: LabelIssues
 
 
 def check_value(section: type[BaseModel], key: str, value):

@@ -8,6 +8,9 @@ SPLITS = ("train", "validation", "test")
 SOURCE_DIR = Path("data/source")
 RAW_DIR = Path("data/raw")
 SOURCE_LABELS_FILE = RAW_DIR / "labels.json"  # the source's own label names (a ClassLabel), when it has them
+# Reviewed label decisions, read by clean and kept in git. Not in data/source, fetch's dependency:
+# editing a decision re-runs clean and what follows, not fetch.
+LABEL_FIXES = Path("data/label_fixes.csv")
 CLEAN_DIR = Path("data/clean")
 LABELS_FILE = CLEAN_DIR / "labels.json"
 TOKENS_DIR = Path("data/tokens")
@@ -40,6 +43,8 @@ DATA_REPORTS_DIR = METRICS_DIR / "data"
 CLEAN_REPORT = DATA_REPORTS_DIR / "clean.json"
 TOKENIZE_REPORT = DATA_REPORTS_DIR / "tokenize.json"
 TOKEN_LENGTHS_PLOT = DATA_REPORTS_DIR / "token_lengths.png"
+LABEL_ISSUES_REPORT = DATA_REPORTS_DIR / "label_issues.csv"  # the likely label errors, worst first
+LABEL_ISSUES_COUNTS = DATA_REPORTS_DIR / "label_issues.json"  # how many per split, and how good the models were
 
 
 def model_dir(model: str) -> Path:

@@ -1,0 +1,100 @@
+"""label_issues: rank the train and validation reviews whose label is likely wrong (zh_sentiment/label_issues.py).
+
+Reads data/clean (texts, labels, label names) and the cached features data/features/<split>.safetensors.
+Writes metrics/data/label_issues.csv (split, id, text, given_label, suggested_label, quality; worst
+first: the reviews to read) and metrics/data/label_issues.json (how many are flagged per split, and how
+accurate each model's out-of-fold predictions were, which says how far to trust the flags).
+A reviewer's decisions go to data/label_fixes.csv, which clean applies (README, "Fix the labels").
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+from safetensors.numpy import load_file
+
+from zh_sentiment.errors import PipelineError, run
+from zh_sentiment.label_fixes import review_id
+from zh_sentiment.label_issues import features_model, find_issues, make_folds, out_of_fold, tfidf_model
+from zh_sentiment.outputs import write_csv, write_json
+from zh_sentiment.params import load_params
+from zh_sentiment.paths import CLEAN_DIR, FEATURES_DIR, LABEL_ISSUES_COUNTS, LABEL_ISSUES_REPORT, LABELS_FILE
+
+REVIEWED = ("train", "validation")  # test is never looked at to choose anything
+
+
+def read_reviews() -> pd.DataFrame:
+    """train and validation's reviews (split, text, label), in data/clean's order, which the features share."""
+    frames = []
+    for split in REVIEWED:
+        frame = pd.read_csv(CLEAN_DIR / f"{split}.csv", dtype={"text": str}, keep_default_na=False)
+        frames.append(frame.assign(split=split))
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_features(reviews: pd.DataFrame) -> np.ndarray:
+    parts = []
+    for split in REVIEWED:
+        cached = load_file(FEATURES_DIR / f"{split}.safetensors")
+        if not np.array_equal(cached["labels"], reviews.loc[reviews["split"] == split, "label"].to_numpy()):
+            raise PipelineError(
+                f"{FEATURES_DIR / f'{split}.safetensors'} does not hold the reviews of {CLEAN_DIR / f'{split}.csv'} "
+                "(other labels or another order): it is from an older run. Run `dvc repro` to embed them again."
+            )
+        parts.append(cached["features"].astype(np.float64))
+    return np.concatenate(parts)
+
+
+def main() -> None:
+    params = load_params()
+    settings = params.label_issues
+    names = json.loads(LABELS_FILE.read_text(encoding="utf-8"))["names"]
+    reviews = read_reviews()
+    labels = reviews["label"].to_numpy()
+    folds = make_folds(labels, settings, names)
+    print(f"label_issues: {len(reviews)} reviews of {' and '.join(REVIEWED)}, {settings.folds} folds")
+
+    probs, accuracy = {}, {}
+    for model in settings.models:
+        if model == "frozen_head":
+            pipeline, x = features_model(settings), read_features(reviews)
+        else:
+            pipeline, x = tfidf_model(settings, params.baseline), reviews["text"].tolist()
+        probs[model] = out_of_fold(pipeline, x, labels, folds, len(names), model)
+        accuracy[model] = float((probs[model].argmax(1) == labels).mean())
+        print(f"label_issues: {model}: out-of-fold accuracy {accuracy[model]:.4f}")
+    average = np.mean(list(probs.values()), axis=0)
+    accuracy["average"] = float((average.argmax(1) == labels).mean())
+
+    flagged, quality = find_issues(labels, average)
+    issues = reviews.iloc[flagged].reset_index(drop=True)
+    write_csv(
+        LABEL_ISSUES_REPORT,
+        pd.DataFrame(
+            {
+                "split": issues["split"],
+                "id": issues["text"].map(review_id),
+                "text": issues["text"],
+                "given_label": [names[i] for i in labels[flagged]],
+                "suggested_label": [names[i] for i in average[flagged].argmax(1)],
+                "quality": quality[flagged].round(6),
+            }
+        ),
+    )
+    counts = {"models": list(settings.models), "folds": settings.folds, "out_of_fold_accuracy": accuracy}
+    for split in REVIEWED:
+        in_split = issues[issues["split"] == split]
+        total = int((reviews["split"] == split).sum())
+        counts[split] = {
+            "reviews": total,
+            "flagged": len(in_split),
+            "flagged_share": round(len(in_split) / total, 6),
+            "flagged_by_given_label": {name: int((in_split["label"] == i).sum()) for i, name in enumerate(names)},
+        }
+        print(f"label_issues: {split}: {len(in_split)} of {total} reviews flagged")
+    write_json(LABEL_ISSUES_COUNTS, counts)
+    print(f"label_issues: the flagged reviews, worst first, are in {LABEL_ISSUES_REPORT}")
+
+
+if __name__ == "__main__":
+    run(main)
