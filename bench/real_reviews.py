@@ -129,11 +129,12 @@ def parse_changes(changes: list[str], sections: dict) -> dict:
     return parsed
 
 
-def repro(project: Path, echo: bool) -> dict[str, float]:
-    """Run `dvc repro` in `project` (its output shown as it comes, with `echo`); return each stage's wall
-    time in seconds, from its "Running stage" line to the next. A failed run raises RuntimeError."""
+def repro(project: Path, echo: bool, *targets: str) -> dict[str, float]:
+    """Run `dvc repro` (of `targets`, default all) in `project` (its output shown as it comes, with `echo`);
+    return each stage's wall time in seconds, from its "Running stage" line to the next. A failed run
+    raises RuntimeError."""
     env = python_first_env({**os.environ, "HF_HUB_OFFLINE": "1"})
-    command = [sys.executable, "-m", "dvc", "repro"]
+    command = [sys.executable, "-m", "dvc", "repro", *targets]
     output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
     process = subprocess.Popen(command, cwd=project, env=env, **output)
     times, stage, started, lines = {}, None, time.perf_counter(), []
