@@ -12,7 +12,7 @@ from stages import evaluate, train
 from tests.conftest import FIXTURE_PARAMS
 from zh_sentiment.sandbox import ran_stages
 
-STAGES = ["fetch", "clean", "tokenize", "embed", "train", "evaluate", "baseline", "finetune"]
+STAGES = ["fetch", "clean", "tokenize", "embed", "train", "evaluate", "baseline", "label_issues", "finetune"]
 SPLITS = ["train", "validation", "test"]
 
 
@@ -152,11 +152,11 @@ def test_changing_train_params_reruns_only_train_and_evaluate(trained_project, t
     assert project.repro() == ["train", "evaluate"]
 
 
-def test_changing_baseline_params_reruns_only_baseline(trained_project, tmp_path):
+def test_changing_baseline_params_reruns_only_baseline_and_label_issues(trained_project, tmp_path):
     project = trained_project.copy(tmp_path / "baseline")
     project.set_params({"baseline.ngram_range": [1, 2]})
     assert "baseline.ngram_range" in project.dvc("params", "diff").stdout
-    assert project.repro() == ["baseline"]
+    assert project.repro() == ["baseline", "label_issues"]  # label_issues' TF-IDF is the baseline's
 
 
 def test_changing_max_length_reruns_tokenize_and_makes_embed_stale_but_not_fetch_or_clean(trained_project, tmp_path):

@@ -108,17 +108,17 @@ def test_a_local_dataset_under_data_source_travels_too(local_owner, store, tmp_p
 def test_params_someone_already_ran_are_restored_from_the_run_cache_not_run(owner, store, tmp_path):
     """The owner tried mean pooling; a teammate who sets it gets embed's outputs (the encoder pass, the long stage)
     from the remote's run-cache: `dvc repro --pull` does not run it. DVC run-caches only stages whose every
-    `cache: false` output is a metric or a plot, so train and evaluate, which keep reports in git, run (seconds)."""
+    `cache: false` output is a metric or a plot, so train, evaluate and label_issues, which keep reports in git, run."""
     trial = owner.copy(tmp_path / "trial")
     trial.set_params({"embed.pooling": "mean"})
-    assert trial.repro() == ["embed", "train", "evaluate"]  # the states do not depend on pooling: no finetune
+    assert trial.repro() == ["embed", "train", "evaluate", "label_issues"]  # the states do not depend on pooling
     trial.dvc("push", "--run-cache", env=store.env())
 
     teammate = clone(owner.path.parent / "origin.git", tmp_path / "teammate", store)
     teammate.set_params({"embed.pooling": "mean"})
     result = teammate.dvc("repro", "--pull")
     assert "Stage 'embed' is cached - skipping run, checking out outputs" in result.stdout, result.stdout
-    assert ran_stages(result.stdout) == ["train", "evaluate"], result.stdout
+    assert ran_stages(result.stdout) == ["train", "evaluate", "label_issues"], result.stdout
     assert teammate.json("metrics/frozen_head.json") == trial.json("metrics/frozen_head.json")
     assert teammate.dvc("status").stdout.strip() == "Data and pipelines are up to date."
 
