@@ -16,7 +16,8 @@ from tests.conftest import ran_stages
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.label_fixes import review_id
 from zh_sentiment.label_issues import make_folds
-from zh_sentiment.params import Clean, load_params
+from zh_sentiment.model_card import cleaning
+from zh_sentiment.params import Clean, Params, load_params
 from zh_sentiment.sandbox import ROOT, edit_params, pristine_params
 
 HEADER = "id,text,action,label,note\n"
@@ -248,3 +249,12 @@ def test_more_folds_than_reviews_of_a_label_names_the_param():
     assert str(error.value).startswith(
         "label_issues.folds = 4, but only 3 review(s) of train and validation have the label 'positive'"
     )
+
+
+def test_the_model_card_says_what_the_decisions_changed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train = {"rows_in": 10, "rows_out": 8, "dropped": {"duplicate": 1}, "label_fixes": {"relabeled": 3, "dropped": 1}}
+    (tmp_path / "metrics/data").mkdir(parents=True)
+    (tmp_path / "metrics/data/clean.json").write_text(json.dumps({"train": train}), encoding="utf-8")
+    text = cleaning(Params.model_validate(pristine_params()))
+    assert "Reviewed label decisions (data/label_fixes.csv) relabeled 3 and dropped 1 training reviews." in text

@@ -92,6 +92,12 @@ def cleaning(params: Params) -> str:
         train = json.loads(CLEAN_REPORT.read_text(encoding="utf-8"))["train"]
         dropped = ", ".join(f"{name} {count}" for name, count in train["dropped"].items() if count)
         text += f" Train: {train['rows_in']} reviews in, {train['rows_out']} kept (dropped: {dropped or 'none'})."
+        fixes = train.get("label_fixes", {})  # reports written before the decisions file have none
+        if any(fixes.values()):
+            text += (
+                f" Reviewed label decisions (data/label_fixes.csv) relabeled {fixes['relabeled']} and dropped "
+                f"{fixes['dropped']} training reviews."
+            )
     return text
 
 
