@@ -258,3 +258,8 @@ def test_the_model_card_says_what_the_decisions_changed(tmp_path, monkeypatch):
     (tmp_path / "metrics/data/clean.json").write_text(json.dumps({"train": train}), encoding="utf-8")
     text = cleaning(Params.model_validate(pristine_params()))
     assert "Reviewed label decisions (data/label_fixes.csv) relabeled 3 and dropped 1 training reviews." in text
+
+
+def test_clean_run_by_hand_without_a_decisions_file_decides_nothing(tmp_path):
+    _, _, report = clean_splits(raw(), params(), fixes=tmp_path / "absent.csv")
+    assert report["train"]["label_fixes"] == {"relabeled": 0, "dropped": 0} and report["train"]["rows_out"] == 3

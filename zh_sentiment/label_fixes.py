@@ -39,13 +39,10 @@ class Decision:
 
 def read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     """(line, {column: cell}) for every row under the header that has any cell filled in."""
+    if not path.exists():  # under `dvc repro` DVC stops first (a missing dependency); run by hand: no decisions
+        return []
     try:
         text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise PipelineError(
-            f"{path} is missing: clean reads the reviewed label decisions from it. Restore it "
-            f"(`git checkout {path}`); a file with only its header row ({','.join(COLUMNS)}) decides nothing."
-        ) from None
     except UnicodeDecodeError as err:
         raise PipelineError(f"{path}: not UTF-8 (first bad byte at offset {err.start}); save it as UTF-8.") from None
     reader = csv.reader(io.StringIO(text))
