@@ -34,7 +34,7 @@ from scipy.special import softmax
 
 from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.inference import Classifier, choose_model, load_model, open_model_folder
-from zh_sentiment.lifetime import die_with_parent
+from zh_sentiment.lifetime import die_with
 from zh_sentiment.outputs import atomic_file, discard_leftovers, write_json
 from zh_sentiment.predict import CHUNK, decode
 from zh_sentiment.progress import tqdm
@@ -420,6 +420,10 @@ def score_corpus(args) -> None:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise PipelineError(f"--output {output} is a file; give a folder for the shards (it is created if need be).")
+    if args.ray:
+        from zh_sentiment.ray_scoring import require_ray
+
+        require_ray()  # before reading the inputs: it may take long
     root, files = find_inputs(str(args.input), output)
     folder = args.model_dir or choose_model(name=args.model)[0]
     opened = open_model_folder(folder)  # every check, before any reading: a bad model folder stops it at once
@@ -445,8 +449,8 @@ def score_corpus(args) -> None:
     done_rows = sum(part.rows for part in parts) - sum(part.rows for part in todo)
     where = f"Ray cluster {args.ray}" if args.ray else f"{args.processes} process(es)"
     print(
-        f"predict: model {folder}; {len(files)} input file(s), {len(parts)} shard(s) of up to {settings.rows_per_shard:,} "
-        f"rows: {len(parts) - len(todo)} done already, {len(todo)} to score on {where}.",
+        f"predict: model {folder}; {len(files)} input file(s), {len(parts)} shard(s) of up to "
+        f"{settings.rows_per_shard:,} rows: {len(parts) - len(todo)} done already, {len(todo)} to score on {where}.",
         file=sys.stderr,
     )
     start = time.monotonic()
@@ -489,7 +493,9 @@ def score_locally(todo: list[Part], settings: Settings, processes: int, bar) -> 
         return bad
     threads = max(1, len(os.sched_getaffinity(0)) // processes)
     context = get_context("spawn")  # a fresh interpreter: torch's threads and forked state do not mix
-    with ProcessPoolExecutor(processes, context, initializer=start_worker, initargs=(settings, threads)) as pool:
+    with ProcessPoolExecutor(
+        processes, context, initializer=start_worker, initargs=(settings, threads, os.getpid())
+    ) as pool:
         running = set()
         for part, frame in stream(todo, settings, bad):
             if len(running) >= 2 * processes:  # bounded: at most two parts per worker in memory
@@ -530,9 +536,9 @@ def collect(futures, bar) -> list[str]:
 WORKER: Scorer | None = None
 
 
-def start_worker(settings: Settings, threads: int) -> None:
+def start_worker(settings: Settings, threads: int, parent: int) -> None:
     global WORKER
-    die_with_parent()
+    die_with(parent)  # not getppid(): the parent may be gone already, killed while this one was starting
     import torch
 
     torch.set_num_threads(threads)

@@ -15,6 +15,7 @@ This package travels to the workers with the job (runtime_env py_modules); torch
 installed there.
 """
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -25,29 +26,40 @@ from zh_sentiment.errors import PipelineError, first_line
 INSTALL = "pip install -r requirements-ray.txt"
 
 
-class RayScorer:
-    """One actor: the model, loaded once."""
+def scorer_class(settings: Settings) -> type:
+    """The actors' class, `settings` inside it: cloudpickle ships a class made here whole, so the actors need no
+    constructor arguments (which Ray would keep in the object store, and which a restart could lose)."""
 
-    def __init__(self, settings: Settings):
-        self.scorer = Scorer(settings)
+    class RayScorer:
+        """One actor: the model, loaded once."""
 
-    def __call__(self, batch: dict) -> dict:
-        rows, errors = [], []
-        for path, name, number, size in zip(batch["path"], batch["name"], batch["number"], batch["rows"]):
-            try:
-                rows.append(self.scorer.run(Part(str(path), str(name), int(number), int(size))))
-                errors.append("")
-            except PipelineError as err:
-                rows.append(0)
-                errors.append(str(err))
-        return {"rows": rows, "error": errors}
+        def __init__(self):
+            self.scorer = Scorer(settings)
+
+        def __call__(self, batch: dict) -> dict:
+            rows, errors = [], []
+            for path, name, number, size in zip(batch["path"], batch["name"], batch["number"], batch["rows"]):
+                try:
+                    rows.append(self.scorer.run(Part(str(path), str(name), int(number), int(size))))
+                    errors.append("")
+                except PipelineError as err:
+                    rows.append(0)
+                    errors.append(str(err))
+            return {"rows": rows, "error": errors}
+
+    return RayScorer
 
 
-def connect(address: str):
+def require_ray():
     try:
         import ray
     except ImportError:
         raise PipelineError(f"--ray needs Ray, which is not installed here: {INSTALL}") from None
+    return ray
+
+
+def connect(address: str):
+    ray = require_ray()
     import zh_sentiment
 
     env = {key: os.environ[key] for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if key in os.environ}
@@ -73,6 +85,7 @@ def score_on_ray(
     if not todo:
         return []
     ray = connect(address)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan and timings: our lines say what matters
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours counts rows
@@ -83,8 +96,7 @@ def score_on_ray(
         actors = min(per_node * len(nodes), len(todo))
         items = [{"path": p.path, "name": p.name, "number": p.number, "rows": p.rows} for p in todo]
         done = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            RayScorer,
-            fn_constructor_args=(settings,),
+            scorer_class(settings),
             batch_size=1,  # a part is the unit of work, of retry and of output
             concurrency=actors,
             num_cpus=cpus,
