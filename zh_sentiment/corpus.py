@@ -417,13 +417,21 @@ def score_corpus(args) -> None:
         raise PipelineError(f"{', '.join(ray_only)} go(es) with --ray ADDRESS.")
     if args.gpus_per_actor < 0:
         raise PipelineError(f"--gpus-per-actor {args.gpus_per_actor}: expected 0 or more.")
+    if not args.ray:
+        return run_corpus(args, None)
+    from zh_sentiment.ray_scoring import connect
+
+    ray = connect(args.ray)  # first: reading the inputs may take long
+    try:
+        run_corpus(args, ray)
+    finally:
+        ray.shutdown()
+
+
+def run_corpus(args, ray) -> None:
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise PipelineError(f"--output {output} is a file; give a folder for the shards (it is created if need be).")
-    if args.ray:
-        from zh_sentiment.ray_scoring import require_ray
-
-        require_ray()  # before reading the inputs: it may take long
     root, files = find_inputs(str(args.input), output)
     folder = args.model_dir or choose_model(name=args.model)[0]
     opened = open_model_folder(folder)  # every check, before any reading: a bad model folder stops it at once
@@ -459,7 +467,7 @@ def score_corpus(args) -> None:
             from zh_sentiment.ray_scoring import score_on_ray
 
             bad += score_on_ray(
-                args.ray, todo, settings, args.actors_per_node, args.cpus_per_actor, args.gpus_per_actor, bar
+                ray, todo, settings, args.actors_per_node, args.cpus_per_actor, args.gpus_per_actor, bar
             )
         else:
             bad += score_locally(todo, settings, args.processes, bar)
@@ -469,7 +477,7 @@ def score_corpus(args) -> None:
     seconds = time.monotonic() - start
     print(
         f"predict: {finished} of {len(parts)} shard(s) in {output}; {bar.n - done_rows:,} rows scored in "
-        f"{seconds:,.0f} s.",
+        f"{seconds:,.1f} s.",
         file=sys.stderr,
     )
     if bad:

@@ -17,6 +17,7 @@ installed there.
 
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -59,8 +60,19 @@ def require_ray():
 
 
 def connect(address: str):
+    """Ray, connected to the cluster at `address` (the caller shuts it down)."""
     ray = require_ray()
     import zh_sentiment
+
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit():  # Ray would retry an address where nothing listens for minutes, saying little
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as err:
+            raise PipelineError(
+                f"--ray {address}: no Ray cluster answers there ({first_line(err)}). Start one with "
+                "`ray start --head`, or give the head's address HOST:PORT (or auto)."
+            ) from None
 
     env = {key: os.environ[key] for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if key in os.environ}
     try:
@@ -78,13 +90,10 @@ def connect(address: str):
     return ray
 
 
-def score_on_ray(
-    address: str, todo: list[Part], settings: Settings, per_node: int, cpus: int, gpus: float, bar
-) -> list[str]:
-    """The parts scored on the cluster at `address`; a message per input that could not be."""
+def score_on_ray(ray, todo: list[Part], settings: Settings, per_node: int, cpus: int, gpus: float, bar) -> list[str]:
+    """The parts scored on the cluster `ray` is connected to; a message per input that could not be."""
     if not todo:
         return []
-    ray = connect(address)
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan and timings: our lines say what matters
     try:
         context = ray.data.DataContext.get_current()
@@ -92,7 +101,7 @@ def score_on_ray(
         context.enable_operator_progress_bars = False
         nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) >= cpus]
         if not nodes:
-            raise PipelineError(f"--ray {address}: no node of the cluster has {cpus} CPU(s) for an actor.")
+            raise PipelineError(f"--ray: no node of the cluster has {cpus} CPU(s) for an actor (--cpus-per-actor).")
         actors = min(per_node * len(nodes), len(todo))
         items = [{"path": p.path, "name": p.name, "number": p.number, "rows": p.rows} for p in todo]
         done = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
@@ -115,5 +124,3 @@ def score_on_ray(
         raise PipelineError(
             f"the Ray job failed ({first_line(err)}). The shards written are kept: run the same command again."
         ) from err
-    finally:
-        ray.shutdown()
