@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from tests.test_corpus import read_output, run_predict, write_inputs, write_model
+from zh_sentiment import predict
 from zh_sentiment.sandbox import ROOT, python_first_env
 
 pytest.importorskip("ray")  # requirements-dev.txt installs it; the tests of everything else run without
@@ -100,28 +101,20 @@ def job(tmp_path_factory, cluster):
     model, corpus = write_model(root / "model"), root / "reviews"
     write_inputs(corpus, rows=240)
     local = root / "local"
-    code = subprocess.run(
+    predict.main(
         [
-            sys.executable,
-            "-m",
-            "zh_sentiment",
-            "predict",
             "--input",
-            corpus,
+            str(corpus),
             "--output",
-            local,
+            str(local),
             "--model-dir",
-            model,
+            str(model),
             "--id-column",
             "id",
             "--rows-per-shard",
             "20",
-        ],
-        env=cluster[1],
-        capture_output=True,
-        text=True,
+        ]
     )
-    assert code.returncode == 0, code.stderr
     return root, model, corpus, read_output(local)
 
 
@@ -156,25 +149,20 @@ def assert_same(scored: pd.DataFrame, local: pd.DataFrame) -> None:
         np.testing.assert_allclose(scored[column], local[column], atol=1e-5)
 
 
-def test_on_a_two_node_cluster_the_output_equals_the_local_run(job, cluster, tmp_path):
-    process = predict_on_ray(job, cluster, tmp_path / "scored")
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 0, err
-    assert "2 actor(s) on 2 node(s)" in err
-    assert_same(read_output(tmp_path / "scored"), job[3])
-
-
-def test_an_actor_killed_midway_is_restarted_and_every_row_is_written_once(job, cluster, tmp_path):
+def test_the_output_equals_the_local_run_also_when_an_actor_is_killed_midway(job, cluster, tmp_path):
+    """Two actors, one per node; once the first shard is written, one actor's process is killed: Ray restarts
+    it and runs its part again, and every row is written once, as the local run wrote it."""
     out = tmp_path / "scored"
     process = predict_on_ray(job, cluster, out)
     deadline = time.monotonic() + 240
     while not list(out.glob("*.parquet")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-    actors = [pid for pid in ray_processes_named("RayScorer")]
-    assert actors, "the actors were running"
+    actors = ray_processes_named("RayScorer")
+    assert len(actors) == 2, "both actors were running"
     os.kill(actors[0], signal.SIGKILL)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
+    assert "2 actor(s) on 2 node(s)" in err
     assert len(list(out.glob("*.parquet"))) == 12
     assert_same(read_output(out), job[3])
 

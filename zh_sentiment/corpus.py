@@ -255,7 +255,8 @@ def jsonl_frames(path: Path, size: int) -> Iterator[pd.DataFrame]:
 def parquet_frames(path: Path, size: int, wanted: list[str | None]) -> Iterator[pd.DataFrame]:
     file = pq.ParquetFile(path)
     names = file.schema_arrow.names
-    read = [name for name in wanted if name and name in names] or names[:1]  # absent ones: require_columns says
+    wanted = [name for name in wanted if name]
+    read = wanted if set(wanted) <= set(names) else None  # else all: require_columns names what there is
     for batch in file.iter_batches(batch_size=size, columns=read):
         yield batch.to_pandas()
 
