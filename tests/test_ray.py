@@ -1,6 +1,7 @@
 """`zh-sentiment predict --ray ADDRESS` on a real Ray cluster: a head and one more worker node started here on
 127.0.0.1 with `ray start` (one CPU each, no dashboard, Ray's files in a temporary folder), stopped at the end
-with `ray stop`, and no Ray process of it left. Its output equals the local run's, also when an actor's
+(its own processes, by pid: `ray stop` would stop any other Ray cluster of this user too), and no Ray
+process of it left. Its output equals the local run's, also when an actor's
 process is killed midway."""
 
 import os
@@ -58,17 +59,40 @@ def node_options() -> list[str]:
     ]
 
 
-def ray_processes(temp: str) -> list[int]:
-    """This cluster's processes: their command line names its temporary folder."""
-    found = []
+def cluster_processes(temp: str) -> list[int]:
+    """The cluster's processes: those whose command line names its temporary folder (gcs_server, raylets,
+    agents) and all their descendants (workers, whose titles say only ray::...)."""
+    parents = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if temp.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
+                parents[int(entry.name)] = (
+                    int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]),
+                    temp.encode() in (entry / "cmdline").read_bytes(),
+                )
             except OSError:
                 continue
-    return found
+    found = {pid for pid, (_, named) in parents.items() if named}
+    while True:
+        more = {pid for pid, (parent, _) in parents.items() if parent in found} - found
+        if not more:
+            return sorted(found)
+        found |= more
+
+
+def stop_cluster(temp: str) -> list[int]:
+    """Stop this cluster's processes only (`ray stop` would stop every Ray cluster of this user on the
+    machine); the pids still alive after 20 s, killed then."""
+    for pid in cluster_processes(temp):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while cluster_processes(temp) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = cluster_processes(temp)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(temp, ignore_errors=True)
+    return left
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +105,10 @@ def cluster():
         subprocess.run([*head, *node_options()], env=env, check=True, capture_output=True, timeout=120)
         worker = [RAY, "start", f"--address=127.0.0.1:{port}", *node_options()]
         subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
-        yield f"127.0.0.1:{port}", env
+        yield f"127.0.0.1:{port}", env, temp
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        deadline = time.monotonic() + 20
-        while ray_processes(temp) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = ray_processes(temp)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
-        assert not left, f"Ray processes {left} outlived `ray stop`"
+        left = stop_cluster(temp)
+        assert not left, f"Ray processes {left} outlived their cluster's stop"
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +174,7 @@ def test_the_output_equals_the_local_run_also_when_an_actor_is_killed_midway(job
     deadline = time.monotonic() + 240
     while not list(out.glob("*.parquet")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-    actors = ray_processes_named("RayScorer")
+    actors = ray_processes_named("RayScorer", cluster[2])
     assert len(actors) == 2, "both actors were running"
     os.kill(actors[0], signal.SIGKILL)
     _, err = process.communicate(timeout=300)
@@ -167,16 +184,16 @@ def test_the_output_equals_the_local_run_also_when_an_actor_is_killed_midway(job
     assert_same(read_output(out), job[3])
 
 
-def ray_processes_named(name: str) -> list[int]:
-    """Ray names an actor's process after its class: ray::MapWorker(MapBatches(RayScorer))."""
+def ray_processes_named(name: str, temp: str) -> list[int]:
+    """This cluster's processes with `name` in their title: Ray names an actor's process after its class,
+    ray::MapWorker(MapBatches(RayScorer))."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if name.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
+    for pid in cluster_processes(temp):
+        try:
+            if name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
     return found
 
 
