@@ -18,10 +18,12 @@ Memory is bounded by one part per process, whatever the corpus's size: files are
 import glob
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -34,8 +36,8 @@ from scipy.special import softmax
 
 from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.inference import Classifier, choose_model, load_model, open_model_folder
-from zh_sentiment.lifetime import die_with
-from zh_sentiment.outputs import atomic_file, discard_leftovers, write_json
+from zh_sentiment.lifetime import die_with, pid_alive
+from zh_sentiment.outputs import atomic_file, write_json
 from zh_sentiment.predict import CHUNK, decode
 from zh_sentiment.progress import tqdm
 from zh_sentiment.tables import codec_for, csv_options, header_names, refuse_repeated_names, require_columns
@@ -43,6 +45,7 @@ from zh_sentiment.tables import codec_for, csv_options, header_names, refuse_rep
 INPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 FORMATS = ("parquet", "csv")
 MANIFEST = "_manifest.json"
+TEMPORARY = re.compile(r"\.(.+)\.(\d{1,9})-[0-9a-f]{8}\.tmp")  # outputs.temporary_name's pattern
 SAMPLE_BYTES = 1 << 20  # what the encoding of a CSV/TSV file is detected from (the whole file would not stream)
 ID_COLUMNS = ("file", "row")  # without --id-column: the input file (relative to --input) and the row in it
 
@@ -472,8 +475,7 @@ def run_corpus(args, ray) -> None:
             )
         else:
             bad += score_locally(todo, settings, args.processes, bar)
-    for part in parts:
-        discard_leftovers(part.shard(settings))  # temporary shards of workers killed midway
+    discard_leftovers(output, {part.shard(settings).name for part in parts})
     finished = sum(part.shard(settings).is_file() for part in parts)
     seconds = time.monotonic() - start
     print(
@@ -489,6 +491,15 @@ def run_corpus(args, ray) -> None:
         )
 
 
+def discard_leftovers(output: Path, shards: set[str]) -> None:
+    """The temporary files of shards whose writer is gone (killed midway), in one pass over the folder
+    (outputs.discard_leftovers looks for one output's)."""
+    for entry in os.scandir(output):
+        found = TEMPORARY.fullmatch(entry.name)
+        if found and found[1] in shards and not pid_alive(int(found[2])):
+            Path(entry.path).unlink(missing_ok=True)
+
+
 def score_locally(todo: list[Part], settings: Settings, processes: int, bar) -> list[str]:
     """The parts scored in this process, or streamed to `processes` worker processes; a message per bad input."""
     bad = []
@@ -502,17 +513,23 @@ def score_locally(todo: list[Part], settings: Settings, processes: int, bar) -> 
         return bad
     threads = max(1, len(os.sched_getaffinity(0)) // processes)
     context = get_context("spawn")  # a fresh interpreter: torch's threads and forked state do not mix
-    with ProcessPoolExecutor(
-        processes, context, initializer=start_worker, initargs=(settings, threads, os.getpid())
-    ) as pool:
-        running = set()
-        for part, frame in stream(todo, settings, bad):
-            if len(running) >= 2 * processes:  # bounded: at most two parts per worker in memory
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                bad += collect(finished, bar)
-            running.add(pool.submit(work, part, frame))
-        bad += collect(running, bar)
-    return bad
+    try:
+        with ProcessPoolExecutor(
+            processes, context, initializer=start_worker, initargs=(settings, threads, os.getpid())
+        ) as pool:
+            running = set()
+            for part, frame in stream(todo, settings, bad):
+                if len(running) >= 2 * processes:  # bounded: at most two parts per worker in memory
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    bad += collect(finished, bar)
+                running.add(pool.submit(work, part, frame))
+            bad += collect(running, bar)
+        return bad
+    except BrokenProcessPool as err:  # a worker killed (the kernel's OOM killer, a kill -9)
+        raise PipelineError(
+            f"a worker process died ({first_line(err)}). The shards written are kept: run the same command again, "
+            "with fewer --processes or a smaller --rows-per-shard if memory ran out."
+        ) from None
 
 
 def stream(todo: list[Part], settings: Settings, bad: list[str]) -> Iterator[tuple[Part, pd.DataFrame]]:
