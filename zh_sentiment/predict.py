@@ -5,6 +5,7 @@
     zh-sentiment predict --input labelled.csv --label-column label     # also score the model on the file
     zh-sentiment predict --input reviews.tsv --columns label,text       # a file without a header row
     cat reviews.txt | zh-sentiment predict -
+    zh-sentiment predict --input reviews/ --output scored/ --id-column id   # a corpus: docs/corpus.md
 
 Everything it needs (encoder, max_length, pooling, label names) comes from the model folder,
 not from params.yaml, so a trained models/ folder works anywhere. Texts get the same
@@ -39,8 +40,14 @@ ADDED_COLUMNS = ("predicted", "probability", "notes")  # and probability_<label>
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="zh-sentiment predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("texts", nargs="*", help="reviews to classify; '-' reads one review per line from stdin")
-    parser.add_argument("--input", type=Path, help="CSV or TSV file of reviews")
-    parser.add_argument("--output", type=Path, help="where to write the input rows with their predictions (CSV)")
+    parser.add_argument(
+        "--input", type=Path, help="CSV or TSV file of reviews; or a folder or glob of CSV/TSV/JSONL/Parquet files"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="where to write the input rows with their predictions (CSV); for a folder or glob, a folder of shards",
+    )
     parser.add_argument(
         "--text-column", default="text", help="column of --input that holds the reviews (default: text)"
     )
@@ -76,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="encoder precision: auto, fp32, bf16, fp16 or int8, as embed.precision "
         "(default: the one the model was trained with, in model.json)",
     )
+    add_corpus_options(parser)
     args = parser.parse_args(argv)
     if not args.texts and not args.input:
         parser.error("give reviews as arguments, '-' to read them from stdin, or --input FILE")
@@ -91,6 +99,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.label_column and not args.input:
         parser.error("--label-column goes with --input")
     return args
+
+
+def add_corpus_options(parser: argparse.ArgumentParser) -> None:
+    """Options for scoring a corpus (zh_sentiment/corpus.py, docs/corpus.md)."""
+    corpus = parser.add_argument_group("a corpus: --input a folder or glob, --output a folder of shards")
+    corpus.add_argument("--id-column", help="column that identifies each row in the output (default: file and row)")
+    # no defaults here: an option given at all asks for the corpus path (corpus.py fills in the defaults)
+    corpus.add_argument("--processes", type=positive, help="processes scoring in parallel (default: 1)")
+    corpus.add_argument("--rows-per-shard", type=positive, help="rows per output shard (default: 10000)")
+    corpus.add_argument("--output-format", choices=("parquet", "csv"), help="of the shards (default: parquet)")
+    corpus.add_argument("--ray", metavar="ADDRESS", help="score on this Ray cluster (auto: the one Ray finds)")
+    corpus.add_argument("--actors-per-node", type=positive, help="with --ray: model copies per node (default: 1)")
+    corpus.add_argument("--cpus-per-actor", type=positive, help="with --ray (default: 1)")
+    corpus.add_argument("--gpus-per-actor", type=float, help="with --ray (default: 0)")
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of 1 or more")
+    return int(text)
+
+
+CORPUS_OPTIONS = (
+    "id_column",
+    "processes",
+    "rows_per_shard",
+    "output_format",
+    "ray",
+    "actors_per_node",
+    "cpus_per_actor",
+    "gpus_per_actor",
+)
+
+
+def corpus_mode(args: argparse.Namespace) -> bool:
+    """A folder, glob, JSONL or Parquet input, a folder output, or a corpus option given: the corpus path."""
+    if not args.input:
+        return False
+    return (
+        args.input.is_dir()
+        or any(char in str(args.input) for char in "*?[")
+        or args.input.suffix.lower() in (".jsonl", ".parquet")
+        or bool(args.output and args.output.is_dir())
+        or any(getattr(args, option) is not None for option in CORPUS_OPTIONS)
+    )
 
 
 def check_output(path: Path, input_path: Path) -> None:
@@ -233,6 +286,14 @@ def score_file(y_true: np.ndarray, probabilities: np.ndarray, names: list[str]) 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if corpus_mode(args):
+        if not args.output:
+            raise PipelineError(f"--input {args.input}: give --output FOLDER, where the scored shards go.")
+        if args.label_column:
+            raise PipelineError("--label-column scores one CSV/TSV file; a folder or glob of inputs has no report.")
+        from zh_sentiment.corpus import score_corpus  # pyarrow, and Ray with --ray, only when asked for
+
+        return score_corpus(args)
     if args.output:
         check_output(args.output, args.input)
     texts, table = read_reviews(args)
