@@ -126,7 +126,9 @@ def test_a_killed_node_stops_the_other_with_one_message_and_leaves_no_process(no
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     print(errors)
     assert len(errors) == 1 and errors[0].startswith("error: finetune: rank 0 of 2 "), output
-    # torchrun's own failure report (its traceback, then a box) names that line as the root cause
-    assert output.count(errors[0]) == 2 and "ChildFailedError" in output
-    assert output.count("Traceback") == 1  # torchrun's; the worker printed none
+    # the worker printed no traceback; then torchrun prints its own report: a ChildFailedError whose root cause
+    # repeats that line, or, when the killed node hosted the rendezvous, its own RendezvousConnectionError
+    worker, torchrun = output.split(errors[0], 1)
+    assert "Traceback" not in worker
+    assert "ChildFailedError" in torchrun or "RendezvousConnectionError" in torchrun, output
     assert waited < timeout + 15  # the collective's timeout, and torchrun's own shutdown on a loaded machine

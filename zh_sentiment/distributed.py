@@ -196,7 +196,7 @@ def join(train: Callable[[int, int], None], timeout_seconds: int) -> None:
             )
         else:
             message = (
-                f"finetune: rank {rank} of {world} lost another process of the run ({first_line(err)}); the run "
+                f"finetune: rank {rank} of {world} lost another process of the run ({first_line(err)[:160]}); the run "
                 "stopped. The other nodes' output says which one went and why."
             )
         tell_launcher(message)
