@@ -25,6 +25,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -196,11 +197,16 @@ def join(train: Callable[[int, int], None], timeout_seconds: int) -> None:
             )
         else:
             message = (
-                f"finetune: rank {rank} of {world} lost another process of the run ({first_line(err)[:160]}); the run "
+                f"finetune: rank {rank} of {world} lost another process of the run ({gist(err)}); the run "
                 "stopped. The other nodes' output says which one went and why."
             )
         tell_launcher(message)
         raise PipelineError(message) from None
+
+
+def gist(err: RuntimeError) -> str:
+    """A collective's error, shortened: gloo's start with the source file and line they were raised at."""
+    return re.sub(r"^\[[^\]]*\]\s*", "", first_line(err))[:160]
 
 
 def tell_launcher(message: str) -> None:
