@@ -109,7 +109,7 @@ def test_two_nodes_learn_what_two_processes_on_one_node_learn_and_only_rank_0_wr
 def test_a_killed_node_stops_the_other_with_one_message_and_leaves_no_process(nodes):
     timeout = 5
     a, b = nodes({"finetune.epochs": 30, "finetune.patience": 30, "finetune.timeout_seconds": timeout})
-    wait_until(lambda: "finetune epoch 1" in a.output() + b.output(), 120, "the run trained")
+    wait_until(lambda: "finetune epoch 1" in a.output() + b.output(), 300, "the run trained")  # a loaded machine
     survivor, victim = (a, b) if a.rank0() else (b, a)
     worker = children(victim.process.pid)  # torchrun's worker runs in a session of its own
     assert len(worker) == 1 and os.getsid(worker[0]) != os.getsid(victim.process.pid)
