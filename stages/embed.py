@@ -8,12 +8,15 @@ With finetune.layers: N it also writes data/states/<split>.safetensors: the hidd
 states entering the top N layers, for the real tokens only, in fp16 (see
 zh_sentiment/finetune.py), and data/states/states.json. With `all` data/states/
 holds only states.json: finetune then reads the tokens.
+
+Memory stays flat however many reviews: each split goes through the encoder a run of consecutive reviews at a
+time (at most CHUNK_TOKENS real tokens), read from the tokens file, and each run's features and states are
+written in place in their files (zh_sentiment/tensor_files.py) before the next is read.
 """
 
 import json
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from zh_sentiment.encoder import choose_device, embed, load_encoder, use_all_cores
 from zh_sentiment.errors import run
@@ -29,7 +32,42 @@ from zh_sentiment.paths import (
     TOKENS_DIR,
 )
 from zh_sentiment.precision import choose_precision, precision_probe
-from zh_sentiment.states import STATES_DTYPE, first_trained_layer, save_states
+from zh_sentiment.progress import tqdm
+from zh_sentiment.states import STATES_DTYPE, StatesWriter, first_trained_layer
+from zh_sentiment.tensor_files import Reader, Writer
+
+# Real tokens per run of reviews: its states (at bert-base's 768, fp16) take 200 MB; its padded tokens and features
+# less. Runs of a few hundred reviews or more, sorted by length inside embed(), keep its batches' padding small.
+CHUNK_TOKENS = 2**17
+
+
+def chunks(lengths: torch.Tensor) -> list[tuple[int, int]]:
+    """Consecutive reviews [start, stop) of at most CHUNK_TOKENS real tokens each (one review if it is longer)."""
+    ends = lengths.long().cumsum(0)
+    bounds, start = [], 0
+    while start < len(lengths):
+        base = int(ends[start - 1]) if start else 0
+        stop = max(start + 1, int(torch.searchsorted(ends, base + CHUNK_TOKENS, right=True)))
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def embed_split(model, tokens: Reader, params, device, features: Writer, states: StatesWriter | None, start) -> None:
+    """Run the encoder over one split, a run of reviews at a time, writing each run's features and states."""
+    lengths = tokens.tensor("lengths")
+    keys = [key for key in tokens.header if key not in ("lengths", "labels")]
+    hidden = model.config.hidden_size
+    with tqdm(total=int(lengths.sum()), unit="tok", unit_scale=True, desc=f"embed {tokens.path.stem}") as bar:
+        for first, stop in chunks(lengths):
+            chunk = {key: tokens.read(key, first, stop) for key in keys} | {"lengths": lengths[first:stop]}
+            row = int(lengths[:first].sum())
+            rows = torch.empty(int(chunk["lengths"].sum()), hidden, dtype=STATES_DTYPE) if states else None
+            vectors = embed(model, chunk, params.pooling, params.batch_size, device, None, rows, start or 0)
+            features.write("features", first, vectors)
+            if states is not None:
+                states.write(row, rows)
+            bar.update(int(chunk["lengths"].sum()))
 
 
 def main() -> None:
@@ -44,26 +82,26 @@ def main() -> None:
     start = first_trained_layer(all_params.finetune.layers, model.config.num_hidden_layers)
     print(f"embed: {tokenizer_info['model']} on {device} in {precision}, {params.pooling} pooling")
 
-    tokens = {split: load_file(TOKENS_DIR / f"{split}.safetensors") for split in SPLITS}
+    tokens = {split: Reader(TOKENS_DIR / f"{split}.safetensors") for split in SPLITS}
+    lengths = {split: t.tensor("lengths") for split, t in tokens.items()}
     # fp32 features and int64 labels, and the 16-bit states: checked before the long run, not after it
-    needs = sum(len(t["labels"]) * (model.config.hidden_size * 4 + 8) for t in tokens.values())
+    needs = sum(len(n) * (model.config.hidden_size * 4 + 8) for n in lengths.values())
     if start is not None:
-        needs += sum(int(t["lengths"].sum()) for t in tokens.values()) * model.config.hidden_size * 2
+        needs += sum(int(n.sum()) for n in lengths.values()) * model.config.hidden_size * 2
     checksums = {}  # of each states file, for finetune to check (zh_sentiment/states.py)
     with atomic_dir(FEATURES_DIR, needs=needs) as out, atomic_dir(STATES_DIR) as states_out:
         for split in SPLITS:
+            name, labels, n = f"{split}.safetensors", tokens[split].tensor("labels"), len(lengths[split])
+            layout = {"features": (torch.float32, (n, model.config.hidden_size)), "labels": (labels.dtype, (n,))}
+            features = Writer(out / name, layout)
+            features.write("labels", 0, labels)
             states = None
             if start is not None:
-                n_tokens = int(tokens[split]["lengths"].sum())
-                states = torch.empty(n_tokens, model.config.hidden_size, dtype=STATES_DTYPE)
-            features = embed(
-                model, tokens[split], params.pooling, params.batch_size, device, f"embed {split}", states, start or 0
-            )
-            save_file({"features": features, "labels": tokens[split]["labels"]}, out / f"{split}.safetensors")
+                states = StatesWriter(states_out / name, lengths[split], labels, model.config.hidden_size)
+            embed_split(model, tokens[split], params, device, features, states, start)
+            features.close()
             if states is not None:
-                lengths, labels = tokens[split]["lengths"], tokens[split]["labels"]
-                name = f"{split}.safetensors"
-                checksums[name] = save_states(states_out / name, states, lengths, labels)
+                checksums[name] = states.close()
         # the probe's figures are this machine's, kept in its cache: the same on every run here (precision.py)
         embedding = {"pooling": params.pooling, "precision": precision, "precision_probe": probe}
         write_json(out / EMBEDDING_FILE.name, {**tokenizer_info, **embedding})

@@ -8,9 +8,11 @@ metrics/finetuned/history.csv, curves.png and training.json, and the test report
 
 `python -m stages.finetune` runs it, on finetune.processes processes (data-parallel, DDP; gloo on CPU,
 nccl on CUDA) that it starts and stops itself (zh_sentiment/distributed.py); only rank 0 writes.
+Started by torchrun (one or several nodes), it is one rank of torchrun's job instead.
 """
 
 import json
+import os
 
 import pandas as pd
 import torch
@@ -40,21 +42,24 @@ from zh_sentiment.states import CachedStates, check_states, first_trained_layer
 
 
 def start_processes(requested: str, rank: int, world: int, timeout_seconds: int) -> torch.device:
-    """This process's device; with several processes, the process group joined (distributed.run started them)."""
+    """This process's device; with several processes, the process group joined (distributed.run started them,
+    or a launcher such as torchrun did: LOCAL_RANK and LOCAL_WORLD_SIZE are then this node's share)."""
     device = choose_device(requested, source="finetune.device")
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     if world > 1 and device.type == "cuda":
-        if rank >= torch.cuda.device_count():
+        if local_rank >= torch.cuda.device_count():
             raise PipelineError(
-                f"finetune.processes is {world} but this machine has {torch.cuda.device_count()} GPU(s): "
-                "set finetune.processes to the number of GPUs at most."
+                f"{local_world} processes on this machine, but it has {torch.cuda.device_count()} GPU(s): "
+                "set finetune.processes (torchrun: --nproc-per-node) to the number of GPUs at most."
             )
-        device = torch.device("cuda", rank)
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if world > 1:
         distributed.join_group("nccl" if device.type == "cuda" else "gloo", rank, world, timeout_seconds)
     if device.type == "cpu":
         use_all_cores()
-        torch.set_num_threads(max(1, torch.get_num_threads() // world))  # share the cores, never oversubscribe
+        torch.set_num_threads(max(1, torch.get_num_threads() // local_world))  # share the cores, never oversubscribe
     return device
 
 

@@ -151,10 +151,10 @@ def test_cached_state_batches_are_padded_with_zeros_and_masked(tiny_bert, tmp_pa
     index = torch.tensor([5, 0, 11, 3])
     batch = cached.batch(index)
     width = int(split.lengths[index].max())
-    assert batch["states"].shape == (4, width, cached.states.shape[1]) and batch["states"].dtype == torch.float32
+    assert batch["states"].shape == (4, width, cached.hidden_size) and batch["states"].dtype == torch.float32
     for row, review in enumerate(index.tolist()):
         n, start = int(cached.lengths[review]), int(cached.offsets[review])
-        assert torch.equal(batch["states"][row, :n], cached.states[start : start + n].float())
+        assert torch.equal(batch["states"][row, :n], cached.rows(start, start + n).float())
         assert not batch["states"][row, n:].any()
         assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
 

@@ -11,6 +11,13 @@ a ChildFailedError traceback after each rank's own message, and which costs a se
 - One writer per project: the launcher holds an exclusive lock (flock) on LOCK_FILE for the whole run.
 - A stalled process (stopped, swapped out, deadlocked) stops the run after finetune.timeout_seconds, the
   timeout of every collective, with a message naming it.
+
+Across nodes the launcher is torchrun (what SLURM's srun starts on each node): started by a launcher that
+sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, `python -m stages.finetune` is one rank of
+that job (join()) and starts no processes of its own. The same guarantees, as far as a worker can keep them:
+it dies with its torchrun (which starts it in a session of its own, so a killed torchrun would leave it
+running), every collective times out after finetune.timeout_seconds, only rank 0 holds the lock and writes,
+and a failure is one `error:` line, which torchrun's own failure report repeats as its root cause.
 """
 
 import fcntl
@@ -18,6 +25,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -32,12 +40,18 @@ from pathlib import Path
 import torch.distributed as dist
 from tqdm.std import tqdm
 
-from zh_sentiment.errors import PipelineError
+from zh_sentiment.errors import PipelineError, first_line
 from zh_sentiment.lifetime import die_with_parent
 
 LOCK_FILE = Path(".dvc/tmp/finetune.lock")  # outside every DVC output, and not copied by `dvc exp run --queue`
 HOST = "127.0.0.1"  # all processes run on this machine
 GRACE_SECONDS = 5  # after one process fails: how long the others get to report their own error before being killed
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets
+
+
+def launched() -> bool:
+    """Whether a launcher (torchrun; srun running torchrun) started this process as one rank of its job."""
+    return all(name in os.environ for name in LAUNCHER_VARIABLES)
 
 
 # --- one writer, no orphans -------------------------------------------------------------------------------------
@@ -45,7 +59,11 @@ GRACE_SECONDS = 5  # after one process fails: how long the others get to report 
 
 @contextmanager
 def exclusive(what: str) -> Iterator[None]:
-    """Hold LOCK_FILE for the block; if another run holds it, stop with a message naming its pid."""
+    """Hold LOCK_FILE for the block; if another run holds it, stop with a message naming its pid.
+    Under a launcher only rank 0 writes, so only rank 0 takes it (the ranks of one node share a project)."""
+    if launched() and os.environ["RANK"] != "0":
+        yield
+        return
     LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
     with open(LOCK_FILE, "a+", encoding="utf-8") as lock:
         try:
@@ -68,7 +86,11 @@ def exclusive(what: str) -> Iterator[None]:
 
 
 def run(train: Callable[[int, int], None], processes: int, timeout_seconds: int) -> None:
-    """Call train(rank, world) in `processes` processes; raise a PipelineError saying what stopped the run."""
+    """Call train(rank, world) in `processes` processes; raise a PipelineError saying what stopped the run.
+    Under a launcher, run this process's rank of the launcher's job instead (finetune.processes unused)."""
+    if launched():
+        join(train, timeout_seconds)
+        return
     if processes == 1:
         train(0, 1)
         return
@@ -118,13 +140,14 @@ def worker(train: Callable[[int, int], None], rank: int, world: int, port: int, 
     # tqdm's default lock is a named semaphore: one left by a killed process makes the launcher's
     # resource tracker warn after the run's message. The bars never span processes: a thread lock does.
     tqdm.set_lock(threading.RLock())
-    os.environ.update(  # what torchrun sets, for the libraries that look (join_group reads MASTER_*)
+    os.environ.update(  # what torchrun sets (join_group reads them)
         RANK=str(rank),
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
         LOCAL_WORLD_SIZE=str(world),
         MASTER_ADDR=HOST,
         MASTER_PORT=str(port),
+        TORCHELASTIC_USE_AGENT_STORE="True",  # the launcher hosts the store, as torchrun's agent does
     )
     try:
         train(rank, world)
@@ -151,11 +174,53 @@ def collective_failure(err: RuntimeError) -> str | None:
     return None
 
 
+def join(train: Callable[[int, int], None], timeout_seconds: int) -> None:
+    """Run train(RANK, WORLD_SIZE) as the launcher's worker; on failure leave its one line for the launcher too."""
+    die_with_parent()  # torchrun: the agent that started this process, which watches it
+    tqdm.set_lock(threading.RLock())  # as in worker(): no named semaphore left behind by a killed process
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    try:
+        train(rank, world)
+    except PipelineError as err:
+        tell_launcher(str(err))
+        raise
+    except RuntimeError as err:
+        kind = collective_failure(err)
+        if kind is None:  # a bug: its traceback, and torchrun's report after it
+            raise
+        if kind == "timeout":
+            message = (
+                f"finetune: rank {rank} of {world} waited finetune.timeout_seconds = {timeout_seconds} s for another "
+                "process in a collective and the run stopped: a node stopped answering (stopped, swapped out, "
+                "starved of CPU, or cut off from the network). If a process legitimately needs longer between "
+                "steps, raise finetune.timeout_seconds."
+            )
+        else:
+            message = (
+                f"finetune: rank {rank} of {world} lost another process of the run ({gist(err)}); the run "
+                "stopped. The other nodes' output says which one went and why."
+            )
+        tell_launcher(message)
+        raise PipelineError(message) from None
+
+
+def gist(err: RuntimeError) -> str:
+    """A collective's error, shortened: gloo's start with the source file and line they were raised at."""
+    return re.sub(r"^\[[^\]]*\]\s*", "", first_line(err))[:160]
+
+
+def tell_launcher(message: str) -> None:
+    """torchrun's failure report quotes a worker's error file (TORCHELASTIC_ERROR_FILE, its own JSON) as the root
+    cause; without one it says only "To enable traceback see ...". Other launchers set no such file."""
+    if path := os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        Path(path).write_text(json.dumps({"message": f"error: {message}", "timestamp": int(time.time())}))
+
+
 def join_group(backend: str, rank: int, world: int, timeout_seconds: int) -> None:
-    """Join the run's process group (a worker of run()), with a bounded timeout on every collective."""
+    """Join the run's process group at the store in MASTER_ADDR:MASTER_PORT (env://: hosted by run() or torchrun's
+    agent, or by rank 0 under a launcher that hosts none), with a bounded timeout on every collective."""
     timeout = timedelta(seconds=timeout_seconds)
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timeout)
 
 
 def read_reports(folder: Path, workers: list) -> dict[int, dict]:

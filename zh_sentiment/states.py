@@ -4,6 +4,9 @@ With finetune.layers: N the lower L-N layers stay frozen, so the states entering
 change: embed computes them once. They are stored ragged (the real tokens' rows of every review,
 one review after the other, and each review's length) in 16-bit.
 
+embed writes them as it goes and finetune reads the rows of a batch's reviews only (zh_sentiment/tensor_files.py):
+neither holds a split's states in memory, so memory stays flat however many reviews there are.
+
 embed records each file's sha256 in states.json and finetune checks it before training: with DVC's
 hardlink cache (.dvc/config) a file here and its cache object are one inode, so damage to one is
 damage to both, and DVC, which goes by size and mtime, may never notice it.
@@ -15,10 +18,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from zh_sentiment.errors import PipelineError
+from zh_sentiment.tensor_files import DamagedFile, Reader, Writer
 
 STATES_DTYPE = torch.float16  # layer outputs leave a LayerNorm (|x| of a few units): fp16 keeps ~3 digits, bf16 ~2
 
@@ -40,6 +43,30 @@ def save_states(path, states: torch.Tensor, lengths: torch.Tensor, labels: torch
     Returns the file's sha256, for states.json."""
     save_file({"states": states, "lengths": lengths, "labels": labels}, path)
     return sha256(path)
+
+
+class StatesWriter:
+    """A states file written as embed goes: lengths and labels first, then each run of reviews' rows in place."""
+
+    def __init__(self, path, lengths: torch.Tensor, labels: torch.Tensor, hidden_size: int):
+        self.path = path
+        layout = {
+            "states": (STATES_DTYPE, (int(lengths.sum()), hidden_size)),
+            "lengths": (lengths.dtype, tuple(lengths.shape)),
+            "labels": (labels.dtype, tuple(labels.shape)),
+        }
+        self.file = Writer(path, layout)
+        self.file.write("lengths", 0, lengths)
+        self.file.write("labels", 0, labels)
+
+    def write(self, first_row: int, states: torch.Tensor) -> None:
+        """The rows from `first_row` on (the real tokens of consecutive reviews, as save_states stores them)."""
+        self.file.write("states", first_row, states)
+
+    def close(self) -> str:
+        """Returns the file's sha256, for states.json."""
+        self.file.close()
+        return sha256(self.path)
 
 
 def sha256(path) -> str:
@@ -94,26 +121,33 @@ class CachedStates:
         if not path.is_file():
             raise PipelineError(f"{path} is missing (embed writes it): run `dvc repro -f -s embed` to write it again.")
         try:
-            tensors = load_file(path)
-        except SafetensorError as err:  # truncated or overwritten: the header or the sizes do not add up
+            self.file = Reader(path)
+            self.labels, self.lengths = self.file.tensor("labels"), self.file.tensor("lengths").long()
+            self.hidden_size = self.file.shape("states")[1]
+        except (
+            DamagedFile,
+            KeyError,
+            IndexError,
+        ) as err:  # truncated or overwritten: the header or sizes do not add up
             raise PipelineError(damaged(path, f"it cannot be read as safetensors ({err})")) from None
-        self.states, self.labels = tensors["states"], tensors["labels"]
-        self.lengths = tensors["lengths"].long()
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.lengths.cumsum(0)])
-        if self.offsets[-1] != len(self.states):
+        if self.offsets[-1] != self.file.shape("states")[0]:
             raise PipelineError(damaged(path, "its review lengths do not add up to the rows stored"))
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """States rows start..stop-1 (as stored: 16-bit), read from the file."""
+        return self.file.read("states", start, stop)
+
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The reviews `index` padded to the longest of them (fp32 states, zeros after each review's end).
 
-        One copy per review: measured 3-4x faster than one index_select gather of every position
-        (the retired finetune_levers benchmark: README), a few ms a batch next to a training step of seconds."""
+        One read per review, straight from the file: only the batch's states are ever in memory."""
         lengths = self.lengths[index]
-        states = torch.zeros(len(index), int(lengths.max()), self.states.shape[1])
+        states = torch.zeros(len(index), int(lengths.max()), self.hidden_size)
         for row, (offset, length) in enumerate(zip(self.offsets[index].tolist(), lengths.tolist())):
-            states[row, :length] = self.states[offset : offset + length]
+            states[row, :length] = self.rows(offset, offset + length)
         mask = torch.arange(states.shape[1]) < lengths[:, None]
         return {"states": states, "attention_mask": mask.long()}
