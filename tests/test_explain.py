@@ -174,7 +174,7 @@ def test_an_int8_model_cannot_be_explained_and_says_what_to_do(trained_project, 
 
 @pytest.fixture(scope="module")
 def server(trained_project):
-    limits = ("--max-explain-inputs", "3", "--max-explain-steps", "4000", "--max-concurrent-explains", "1")
+    limits = ("--max-explain-inputs", "3", "--max-explain-steps", "1000", "--max-concurrent-explains", "1")
     with running_server(trained_project.path, "--model", "finetuned", *limits) as server:
         yield server
 
@@ -200,7 +200,7 @@ def test_explain_answers_the_prediction_and_spans_of_each_input(server):
     "body, status, words",
     [
         ({"inputs": [GOOD] * 4}, 413, "--max-explain-inputs"),
-        ({"inputs": GOOD, "steps": 4001}, 422, "--max-explain-steps"),
+        ({"inputs": GOOD, "steps": 1001}, 422, "--max-explain-steps"),
         ({"inputs": GOOD, "steps": 0}, 422, "steps"),
         ({"inputs": ["   "]}, 422, "inputs[0]: empty review"),
         ({"inputs": 3}, 422, "inputs"),
@@ -214,7 +214,7 @@ def test_explain_refuses_what_it_cannot_do_in_teis_error_shape(server, body, sta
 
 
 def test_a_second_explanation_at_once_gets_429_while_predict_still_answers(server):
-    slow = {"inputs": [GOOD * 8] * 3, "steps": 4000}  # seconds of work, even on the tiny model
+    slow = {"inputs": [GOOD * 8] * 3, "steps": 500}  # seconds of work, even on the tiny model
     outcome = {}
     first = threading.Thread(target=lambda: outcome.update(first=server.post(slow, "/explain")[0]))
     first.start()

@@ -130,18 +130,25 @@ def target(logits: torch.Tensor, label: int) -> torch.Tensor:
     return logits[..., label] - others
 
 
+class Cancelled(Exception):
+    """An explanation stopped midway because nobody waits for it any more."""
+
+
 class Explainer:
     method: str
 
-    def explain(self, review: str, steps: int = DEFAULT_STEPS, label: int | None = None) -> Explanation:
+    def explain(
+        self, review: str, steps: int = DEFAULT_STEPS, label: int | None = None, cancelled=lambda: False
+    ) -> Explanation:
         """The explanation of one review as given (normalised here as the models read it), toward `label`
-        (default: the label the model predicts; a caller that scored the review already passes its label)."""
+        (default: the label the model predicts; a caller that scored the review already passes its label).
+        `cancelled()` is asked between passes: true raises Cancelled (the server's client went away)."""
         text, origin = normalized_positions(review)
         if not text:
             raise ValueError("an empty review has nothing to explain")
-        return self._explain(review, text, origin, steps, label)
+        return self._explain(review, text, origin, steps, label, cancelled)
 
-    def _explain(self, review: str, text: str, origin: list[int], steps: int, label: int | None) -> Explanation:
+    def _explain(self, review, text, origin, steps, label, cancelled) -> Explanation:
         raise NotImplementedError
 
 
@@ -174,7 +181,7 @@ class LinearExplainer(Explainer):
         d = self.coef[row] - self.coef[others].mean(0)
         return d, float(self.intercept[row] - self.intercept[others].mean())
 
-    def _explain(self, review, text, origin, steps, label):
+    def _explain(self, review, text, origin, steps, label, cancelled):
         x = self.vectorizer.transform([text])
         probabilities = np.zeros(self.num_labels)
         probabilities[self.model.classes_] = self.model.predict_proba(x)[0]
@@ -227,7 +234,7 @@ class GradientExplainer(Explainer):
         self.embeddings, self.logits, self.tokenizer = embeddings, logits, tokenizer
         self.max_length, self.device, self.keys, self.cut = max_length, device, keys, cut
 
-    def _explain(self, review, text, origin, steps, label):
+    def _explain(self, review, text, origin, steps, label, cancelled):
         encoded = self.tokenizer(
             self.cut([text])[0],
             truncation=True,
@@ -253,6 +260,8 @@ class GradientExplainer(Explainer):
         gradient = torch.zeros(start.shape[1:], dtype=torch.float32, device=self.device)
         per_pass = max(1, MAX_BATCH_TOKENS // ids.shape[1])
         for first in range(0, steps, per_pass):
+            if cancelled():
+                raise Cancelled
             alpha = alphas[first : first + per_pass]
             points = (start + alpha[:, None, None] * (end - start)).requires_grad_(True)
             with torch.enable_grad():

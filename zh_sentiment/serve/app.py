@@ -15,7 +15,7 @@ own (404, 405) included.
 POST /explain takes the same request (and "steps") and answers, per input, the predicted label and its
 score with the characters' contributions toward it, [{"start", "end", "text", "score"}] (zh_sentiment/explain.py).
 It has its own limits: inputs per request, steps, and explanations at once (one thread each, apart from
-/predict's batcher), so that it cannot starve /predict.
+/predict's batcher), so that it cannot starve /predict; a client that goes away stops its explanation.
 """
 
 import asyncio
@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from zh_sentiment.errors import PipelineError, first_line
-from zh_sentiment.explain import explainer_for, incomplete_note
+from zh_sentiment.explain import Cancelled, explainer_for, incomplete_note
 from zh_sentiment.inference import Classifier, Note
 from zh_sentiment.serve.batching import Batcher
 from zh_sentiment.serve.gate import Gate
@@ -422,19 +422,19 @@ def create_app(classifier: Classifier, settings: Settings, reason: str = "") -> 
             stop = threading.Event()
 
             def work():
-                done = []
-                for text, label in zip(texts, chosen):
-                    if stop.is_set():  # the client went away: what is left is nobody's
-                        break
-                    done.append(explainer.explain(text, steps, label))
-                return done
+                try:
+                    return [explainer.explain(text, steps, label, stop.is_set) for text, label in zip(texts, chosen)]
+                except Cancelled:  # the client went away: what is left is nobody's
+                    return None
 
             loop = asyncio.get_running_loop()
             job = explain_threads.submit(work)
             handed_over = True
             job.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
             explanations = await until_disconnect(asyncio.wrap_future(job), request)
-        except RuntimeError as err:
+        except ApiError:
+            raise
+        except Exception as err:  # the model failed on this request's texts: this request's error alone
             raise ApiError(424, first_line(err), "backend") from None
         finally:
             if not handed_over:
