@@ -118,8 +118,9 @@ def faithfulness_rows(setup: Setup) -> list[Row]:
         rows += [
             Row(f"deletion test, {where}: probability drop, top 10% characters removed", float(top.mean()), ""),
             Row(f"deletion test, {where}: probability drop, 10% random characters removed", float(random_.mean()), ""),
-            Row(f"deletion test, {where}: top / random drop", float(top.mean() / random_.mean()), "x"),
         ]
+        if random_.mean() > 0:  # else no ratio says anything
+            rows.append(Row(f"deletion test, {where}: top / random drop", float(top.mean() / random_.mean()), "x"))
     return rows
 
 
