@@ -88,10 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--explain-steps",
         type=steps_type,
-        default=DEFAULT_STEPS,
         help=f"--explain: integrated-gradient steps for the BERT models (default: {DEFAULT_STEPS})",
     )
     args = parser.parse_args(argv)
+    if args.explain_steps is not None and not args.explain:
+        parser.error("--explain-steps goes with --explain")
+    args.explain_steps = args.explain_steps or DEFAULT_STEPS
     if not args.texts and not args.input:
         parser.error("give reviews as arguments, '-' to read them from stdin, or --input FILE")
     if args.texts and args.input:
@@ -261,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     folder, reason = (args.model_dir, "given with --model-dir") if args.model_dir else choose_model(name=args.model)
     classifier = load_model(folder, args.device, args.precision)
     print(f"predict: model {folder} ({classifier.kind}): {reason}", file=sys.stderr)
+    explainer = explainer_for(classifier) if args.explain else None  # before any work: int8 cannot explain
     names = classifier.label_names
     if table is not None:
         added = (*ADDED_COLUMNS, *(f"probability_{n}" for n in names), *(["attributions"] if args.explain else []))
@@ -288,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     explanations = {}
     if args.explain:  # offsets into the reviews as given: the file's cells, else the texts printed
         given = table[args.text_column].fillna("").astype(str).tolist() if args.output else texts
-        explanations = explain_reviews(classifier, given, kept, best, args.explain_steps)
+        explanations = explain_reviews(explainer, given, kept, best, args.explain_steps)
         for i, explanation in explanations.items():
             if not explanation.complete():
                 notes[i] = [*notes[i], Note("incomplete_explanation", incomplete_note(explanation))]
@@ -311,9 +314,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{names[best[i]]}\t{probabilities[i, best[i]]:.4f}\t{texts[i]}" + (f"\t[{codes}]" if codes else ""))
 
 
-def explain_reviews(classifier, reviews: list[str], kept: list[int], labels, steps: int) -> dict:
+def explain_reviews(explainer, reviews: list[str], kept: list[int], labels, steps: int) -> dict:
     """Each kept review's explanation toward the label predicted for it, by row."""
-    explainer = explainer_for(classifier)
     with tqdm(total=len(kept), unit="review", desc="explain", disable=len(kept) <= 4) as bar:
         found = {}
         for i in kept:
