@@ -229,8 +229,6 @@ class GradientExplainer(Explainer):
         keys: list[str],
         cut: Callable[[list[str]], list[str]] = lambda texts: texts,
     ):
-        if not embeddings.weight.is_floating_point():
-            raise PipelineError("explanations need gradients, which an int8 model has not: load it in fp32 or bf16.")
         self.embeddings, self.logits, self.tokenizer = embeddings, logits, tokenizer
         self.max_length, self.device, self.keys, self.cut = max_length, device, keys, cut
 
