@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--explain",
         action="store_true",
         help="say why: print each review with its strongest characters marked, or with --output add an "
-        "attributions column (docs/explain.md); integrated gradients cost about 3 x steps forward passes per review",
+        "attributions column (docs/explain.md); for the BERT models about 12x the cost of predicting, at 32 steps",
     )
     parser.add_argument(
         "--explain-steps",

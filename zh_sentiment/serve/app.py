@@ -61,7 +61,7 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)  # when set, every endpoint but /health and the page's code
     cors_allow_origins: tuple[str, ...] = ()  # web origins whose pages may call the API (none: same origin only)
     loopback_hosts_only: bool = False  # listening on loopback: refuse other Host: names (DNS rebinding)
-    # /explain: integrated gradients cost about 3 x steps forward passes per text (docs/explain.md)
+    # /explain: integrated gradients at 32 steps cost about 12 predictions of the text (docs/explain.md)
     max_explain_inputs: int = 8  # texts per /explain request
     explain_steps: int = 32  # integrated-gradient steps when a request leaves "steps" out
     max_explain_steps: int = 128  # the most a request may ask for
