@@ -21,6 +21,7 @@ from sklearn.pipeline import Pipeline
 
 from zh_sentiment.baseline import make_vectorizer, save_baseline
 from zh_sentiment.errors import PipelineError, run
+from zh_sentiment.explain import LinearExplainer, mistakes
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import Baseline, load_params
 from zh_sentiment.paths import BASELINE, CLEAN_DIR, LABELS_FILE, SPLITS, model_dir, model_reports
@@ -91,7 +92,10 @@ def main() -> None:
     best = table[table["chosen"]].iloc[0]
     print(f"baseline: C = {best['C']} chosen on validation, {time.perf_counter() - start:.1f} s to fit")
     p_test = probabilities(model, x_test, len(label_names))
-    headline = write_test_report(BASELINE, y_test, p_test, label_names, test_texts, best["validation_accuracy"])
+    explain = mistakes(LinearExplainer(vectorizer, model, len(label_names)))
+    headline = write_test_report(
+        BASELINE, y_test, p_test, label_names, test_texts, best["validation_accuracy"], explain=explain
+    )
     info = {
         "model": None,
         "max_length": None,  # reads every character

@@ -20,8 +20,9 @@ import torch.distributed as dist
 from transformers.utils import logging as transformers_logging
 
 from zh_sentiment import distributed
-from zh_sentiment.encoder import choose_device, load_tokenizer, use_all_cores
+from zh_sentiment.encoder import choose_device, forward_inputs, load_tokenizer, use_all_cores
 from zh_sentiment.errors import PipelineError, run
+from zh_sentiment.explain import finetuned_explainer, mistakes
 from zh_sentiment.finetune import FineTuned, Tokens, choose_autocast, fit, log_probabilities, starting_model
 from zh_sentiment.model_folder import SELF, describe, non_finite_weights, write_info
 from zh_sentiment.outputs import atomic_dir
@@ -148,8 +149,17 @@ def process_main(rank: int, world: int) -> None:
         texts = pd.read_csv(CLEAN_DIR / "test.csv", dtype={"text": str}, keep_default_na=False)["text"].tolist()
         # the reports first, the model folder last: a model exists only together with its reports
         write_training_report(FINETUNED, history, best, processes=world, precision=precision)
+        tokenizer = load_tokenizer(tokenization["model"])
+        keys = [key for key in forward_inputs(model) if key != "input_ids"]
+        explain = mistakes(finetuned_explainer(model, tokenizer, tokenization["max_length"], keys))
         headline = write_test_report(
-            FINETUNED, test.labels.numpy(), probabilities.numpy(), label_names, texts, best["validation_accuracy"]
+            FINETUNED,
+            test.labels.numpy(),
+            probabilities.numpy(),
+            label_names,
+            texts,
+            best["validation_accuracy"],
+            explain=explain,
         )
         info = {
             "model": SELF,  # the encoder is the model folder itself
@@ -165,7 +175,7 @@ def process_main(rank: int, world: int) -> None:
             "validation": {"accuracy": best["validation_accuracy"], "loss": best["validation_loss"]},
             "test": {key: value for key, value in headline.items() if key != "validation_accuracy"},
         }
-        save_model(model, load_tokenizer(tokenization["model"]), info, model_dir(FINETUNED))
+        save_model(model, tokenizer, info, model_dir(FINETUNED))
     if world > 1:
         dist.destroy_process_group()
 

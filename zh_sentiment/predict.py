@@ -6,6 +6,7 @@
     zh-sentiment predict --input reviews.tsv --columns label,text       # a file without a header row
     cat reviews.txt | zh-sentiment predict -
     zh-sentiment predict --input reviews/ --output scored/ --id-column id   # a corpus: docs/corpus.md
+    zh-sentiment predict --explain "这家酒店很干净"                   # and why: its strongest characters marked
 
 Everything it needs (encoder, max_length, pooling, label names) comes from the model folder,
 not from params.yaml, so a trained models/ folder works anywhere. Texts get the same
@@ -15,6 +16,7 @@ were truncated or that the model's vocabulary hardly knows are noted per review.
 
 import argparse
 import codecs
+import json
 import os
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ from scipy.special import softmax
 from sklearn.metrics import confusion_matrix
 
 from zh_sentiment.errors import PipelineError, first_line
+from zh_sentiment.explain import DEFAULT_STEPS, MAX_STEPS, explainer_for, incomplete_note
 from zh_sentiment.inference import MODEL_NAMES, Note, choose_model, load_model
 from zh_sentiment.metrics import classification_metrics
 from zh_sentiment.outputs import write_csv
@@ -84,7 +87,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: the one the model was trained with, in model.json)",
     )
     add_corpus_options(parser)
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="say why: print each review with its strongest characters marked, or with --output add an "
+        "attributions column (docs/explain.md); for the BERT models about 12x the cost of predicting, at 32 steps",
+    )
+    parser.add_argument(
+        "--explain-steps",
+        type=steps_type,
+        help=f"--explain: integrated-gradient steps for the BERT models (default: {DEFAULT_STEPS})",
+    )
     args = parser.parse_args(argv)
+    if args.explain_steps is not None and not args.explain:
+        parser.error("--explain-steps goes with --explain")
+    args.explain_steps = args.explain_steps or DEFAULT_STEPS
     if not args.texts and not args.input:
         parser.error("give reviews as arguments, '-' to read them from stdin, or --input FILE")
     if args.texts and args.input:
@@ -144,6 +161,13 @@ def corpus_mode(args: argparse.Namespace) -> bool:
         or bool(args.output and args.output.is_dir())
         or any(getattr(args, option) is not None for option in CORPUS_OPTIONS)
     )
+
+
+def steps_type(text: str) -> int:
+    """An argparse type: integrated-gradient steps, 1..MAX_STEPS."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from 1 to {MAX_STEPS}")
+    return int(text)
 
 
 def check_output(path: Path, input_path: Path) -> None:
@@ -291,6 +315,11 @@ def main(argv: list[str] | None = None) -> None:
             raise PipelineError(f"--input {args.input}: give --output FOLDER, where the scored shards go.")
         if args.label_column:
             raise PipelineError("--label-column scores one CSV/TSV file; a folder or glob of inputs has no report.")
+        if args.explain:
+            raise PipelineError(
+                "--explain takes reviews as arguments or one CSV/TSV file: explaining costs about 12 predictions "
+                "per review, too much for a corpus. Explain a sample of it instead."
+            )
         from zh_sentiment.corpus import score_corpus  # pyarrow, and Ray with --ray, only when asked for
 
         return score_corpus(args)
@@ -300,9 +329,11 @@ def main(argv: list[str] | None = None) -> None:
     folder, reason = (args.model_dir, "given with --model-dir") if args.model_dir else choose_model(name=args.model)
     classifier = load_model(folder, args.device, args.precision)
     print(f"predict: model {folder} ({classifier.kind}): {reason}", file=sys.stderr)
+    explainer = explainer_for(classifier) if args.explain else None  # before any work: int8 cannot explain
     names = classifier.label_names
     if table is not None:
-        clash = [name for name in (*ADDED_COLUMNS, *(f"probability_{n}" for n in names)) if name in table.columns]
+        added = (*ADDED_COLUMNS, *(f"probability_{n}" for n in names), *(["attributions"] if args.explain else []))
+        clash = [name for name in added if name in table.columns]
         if args.output and clash:
             raise PipelineError(
                 f"--input {args.input} already has the column(s) {', '.join(clash)}, which --output would "
@@ -323,20 +354,66 @@ def main(argv: list[str] | None = None) -> None:
     say_notes(notes, where)
     probabilities = softmax(logits, axis=1)
     best = probabilities.argmax(1)
+    explanations = {}
+    if args.explain:  # offsets into the reviews as given: the file's cells, else the texts printed
+        given = table[args.text_column].fillna("").astype(str).tolist() if args.output else texts
+        explanations = explain_reviews(explainer, given, kept, best, args.explain_steps)
+        for i, explanation in explanations.items():
+            if not explanation.complete():
+                notes[i] = [*notes[i], Note("incomplete_explanation", incomplete_note(explanation))]
     if args.label_column:
         y_true = label_ids(table[args.label_column].tolist(), names, f"--input {args.input}, --label-column")
         print(score_file(y_true[kept], probabilities[kept], names))
     if args.output:
-        write_predictions(args.output, table, texts, probabilities, notes, names)
+        write_predictions(
+            args.output, table, texts, probabilities, notes, names, explanations if args.explain else None
+        )
         print(f"predict: {len(kept)} reviews -> {args.output}")
+    elif args.explain:
+        for i in kept:
+            print(f"{names[best[i]]}\t{probabilities[i, best[i]]:.4f}\t{marked(texts[i], explanations[i])}")
+            for note in notes[i]:
+                print(f"\t[{note.code}] {note.message}")
     elif not args.label_column:
         for i in kept:
             codes = ", ".join(note.code for note in notes[i])
             print(f"{names[best[i]]}\t{probabilities[i, best[i]]:.4f}\t{texts[i]}" + (f"\t[{codes}]" if codes else ""))
 
 
-def write_predictions(path: Path, table: pd.DataFrame, texts: list[str], probabilities, notes, names) -> None:
-    """The input rows with predicted, probability, probability_<label> and notes; empty reviews get none."""
+def explain_reviews(explainer, reviews: list[str], kept: list[int], labels, steps: int) -> dict:
+    """Each kept review's explanation toward the label predicted for it, by row."""
+    with tqdm(total=len(kept), unit="review", desc="explain", disable=len(kept) <= 4) as bar:
+        found = {}
+        for i in kept:
+            found[i] = explainer.explain(reviews[i], steps, int(labels[i]))
+            bar.update()
+    return found
+
+
+MARKED = 5  # characters (tokens) marked per review by --explain
+
+
+def marked(text: str, explanation) -> str:
+    """`text` with its MARKED strongest spans in brackets, signed: [+好] supports the label, [-差] speaks against
+    it; neighbours of the same sign share a bracket."""
+    signs = {}
+    for span in explanation.strongest(MARKED):
+        signs.update({i: "+" if span.score > 0 else "-" for i in range(span.start, span.end)})
+    out, open_sign = [], None
+    for i, char in enumerate(text):
+        sign = signs.get(i)
+        if sign != open_sign:
+            out.append(("]" if open_sign else "") + (f"[{sign}" if sign else ""))
+            open_sign = sign
+        out.append(char)
+    return "".join(out) + ("]" if open_sign else "")
+
+
+def write_predictions(
+    path: Path, table: pd.DataFrame, texts: list[str], probabilities, notes, names, explanations: dict | None = None
+) -> None:
+    """The input rows with predicted, probability, probability_<label> and notes; empty reviews get none.
+    With `explanations` (by row), an attributions column: each review's spans as JSON."""
     empty = np.array([not text for text in texts])
     rounded = np.where(empty[:, None], np.nan, probabilities.round(4))
     columns = {
@@ -345,6 +422,13 @@ def write_predictions(path: Path, table: pd.DataFrame, texts: list[str], probabi
         **{f"probability_{name}": rounded[:, i] for i, name in enumerate(names)},
         "notes": ["empty review" if skip else "; ".join(n.message for n in found) for found, skip in zip(notes, empty)],
     }
+    if explanations is not None:
+        columns["attributions"] = [
+            json.dumps([span.record() for span in explanations[i].spans], ensure_ascii=False)
+            if i in explanations
+            else ""
+            for i in range(len(texts))
+        ]
     try:
         write_csv(path, table.assign(**columns))
     except OSError as err:  # write_csv leaves no .tmp behind

@@ -5,7 +5,8 @@ metrics/<model>.json           the headline: test accuracy, macro F1, ROC AUC, n
 metrics/<model>/test.json      every test metric, macro precision and recall included
 metrics/<model>/predictions.csv one row per test review (the confusion-matrix plot)
 metrics/<model>/roc.csv         the test ROC curve (a plot)
-metrics/<model>/misclassified.csv  the wrong predictions, most confident first, for reading
+metrics/<model>/misclassified.csv  the wrong predictions, most confident first, for reading, with the
+                               characters that pushed most toward the wrong label (zh_sentiment/explain.py)
 metrics/<model>/confusion.png, roc.png  the same as images, which `dvc plots show` shows offline
 
 and, for the models trained in epochs:
@@ -14,6 +15,8 @@ metrics/<model>/history.csv     loss and accuracy per epoch (a plot), and curves
 metrics/<model>/training.json   the epoch kept and its figures
 """
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -21,9 +24,13 @@ from zh_sentiment import plots
 from zh_sentiment.metrics import classification_metrics, roc_points
 from zh_sentiment.outputs import write_csv, write_json
 from zh_sentiment.paths import model_metrics, model_reports
+from zh_sentiment.progress import tqdm
 
 # What `dvc metrics show` compares, one row per model: few enough columns to read in a terminal.
 HEADLINE = ("n", "accuracy", "f1_macro", "roc_auc")
+# The most confident mistakes whose top characters misclassified.csv gives: integrated gradients on bert-base
+# take seconds per review on a CPU (benchmark: explain), so a model with many mistakes is not explained whole.
+EXPLAINED_MISTAKES = 50
 
 
 def missing_classes(model: str, split: str, labels: np.ndarray, label_names: list[str]) -> dict:
@@ -51,8 +58,12 @@ def write_test_report(
     texts: list[str],
     validation_accuracy: float,
     y_validation: np.ndarray | None = None,
+    explain: Callable[[str, int], str] | None = None,
 ) -> dict:
-    """Write the model's metrics and test reports; return the headline metrics."""
+    """Write the model's metrics and test reports; return the headline metrics.
+
+    `explain(text, label)` gives the characters that pushed a review most toward `label`: misclassified.csv's
+    top_characters, for its EXPLAINED_MISTAKES most confident mistakes."""
     test = classification_metrics(y_true, probabilities)
     metrics = {key: test[key] for key in HEADLINE if key in test}  # no roc_auc when the test split lacks a class
     metrics["validation_accuracy"] = round(float(validation_accuracy), 6)
@@ -70,6 +81,8 @@ def write_test_report(
         }
     )
     wrong = predictions[y_pred != y_true].sort_values("probability", ascending=False, kind="stable")
+    if explain is not None:
+        wrong = wrong.assign(top_characters=top_characters(model, wrong, y_pred, explain))
     roc = roc_points(y_true, probabilities)
     reports = model_reports(model)
     write_json(model_metrics(model), metrics)
@@ -84,6 +97,14 @@ def write_test_report(
         f"validation accuracy {metrics['validation_accuracy']:.4f}"
     )
     return metrics
+
+
+def top_characters(model: str, wrong: pd.DataFrame, y_pred: np.ndarray, explain) -> list[str]:
+    explained = wrong.index[:EXPLAINED_MISTAKES]
+    if len(wrong) > len(explained):
+        print(f"{model}: the top characters of the {len(explained)} most confident of {len(wrong)} mistakes")
+    found = {i: explain(wrong.at[i, "text"], int(y_pred[i])) for i in tqdm(explained, desc=f"{model}: explain")}
+    return [found.get(i, "") for i in wrong.index]
 
 
 def write_training_report(model: str, history: list[dict], best: dict, **facts) -> None:

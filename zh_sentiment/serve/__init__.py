@@ -4,7 +4,7 @@
     zh-sentiment serve --model baseline --port 8080
     ZH_SENTIMENT_API_KEY=... zh-sentiment serve --model-dir /path/to/models/finetuned --host 0.0.0.0
 
-Then POST /predict, GET /health, /info, /metrics, /docs (the OpenAPI page), and the page at /.
+Then POST /predict, POST /explain, GET /health, /info, /metrics, /docs (the OpenAPI page), and the page at /.
 """
 
 import argparse
@@ -147,6 +147,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a request that leaves out truncate gets 413 for a text longer than the model reads, "
         "instead of having it cut with a warning",
     )
+    explain = parser.add_argument_group("explanations (POST /explain, docs/explain.md)")
+    explain.add_argument(
+        "--max-explain-inputs",
+        type=at_least(1),
+        default=default.max_explain_inputs,
+        help=f"texts per /explain request at most; more get 413 (default: {default.max_explain_inputs})",
+    )
+    explain.add_argument(
+        "--explain-steps",
+        type=at_least(1),
+        default=default.explain_steps,
+        help="integrated-gradient steps when a request does not say (BERT models; 32 steps cost about 12 "
+        f"predictions) (default: {default.explain_steps})",
+    )
+    explain.add_argument(
+        "--max-explain-steps",
+        type=at_least(1),
+        default=default.max_explain_steps,
+        help=f"the most steps a request may ask for; more get 422 (default: {default.max_explain_steps})",
+    )
+    explain.add_argument(
+        "--max-concurrent-explains",
+        type=at_least(1),
+        default=default.max_concurrent_explains,
+        help="/explain requests computed at once, each in a thread beside /predict's; more get 429 "
+        f"(default: {default.max_concurrent_explains})",
+    )
     parser.add_argument(
         "--shutdown-timeout",
         type=at_least(1),
@@ -186,6 +213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"at most {MAX_CONNECTIONS})",
     )
     args = parser.parse_args(argv)
+    if args.explain_steps > args.max_explain_steps:
+        parser.error(f"--explain-steps {args.explain_steps} is more than --max-explain-steps {args.max_explain_steps}")
     if args.api_key is None and API_KEY_VARIABLE in os.environ:
         try:
             args.api_key = api_key(os.environ[API_KEY_VARIABLE])
@@ -253,6 +282,10 @@ def main(argv: list[str] | None = None) -> None:
         api_key=args.api_key,
         cors_allow_origins=tuple(args.cors_allow_origin),
         loopback_hosts_only=is_loopback_address(args.host),
+        max_explain_inputs=args.max_explain_inputs,
+        explain_steps=args.explain_steps,
+        max_explain_steps=args.max_explain_steps,
+        max_concurrent_explains=args.max_concurrent_explains,
     )
     if (warning := exposure_warning(args.host, args.api_key)) is not None:
         print(warning, file=sys.stderr)

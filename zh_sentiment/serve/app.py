@@ -11,9 +11,16 @@ Warnings about an input (empty, truncated, unknown tokens) ride on each of its p
 "warnings": [{"code", "message"}]; an input without any has no such field (TEI's exact shape).
 Errors are TEI's {"error": message, "error_type": kind}, those of parsing the request and Starlette's
 own (404, 405) included.
+
+POST /explain takes the same request (and "steps") and answers, per input, the predicted label and its
+score with the characters' contributions toward it, [{"start", "end", "text", "score"}] (zh_sentiment/explain.py).
+It has its own limits: inputs per request, steps, and explanations at once (one thread each, apart from
+/predict's batcher), so that it cannot starve /predict; a client that goes away stops its explanation.
 """
 
 import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +37,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 
+from zh_sentiment.errors import PipelineError, first_line
+from zh_sentiment.explain import Cancelled, explainer_for, incomplete_note
 from zh_sentiment.inference import Classifier, Note
 from zh_sentiment.serve.batching import Batcher
 from zh_sentiment.serve.gate import Gate
 from zh_sentiment.serve.metrics import Metrics
+from zh_sentiment.text import normalize_text
 
 PAGE_DIR = Path(__file__).parent / "page"
 VERSION = "0.2.0"
@@ -51,6 +61,11 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)  # when set, every endpoint but /health and the page's code
     cors_allow_origins: tuple[str, ...] = ()  # web origins whose pages may call the API (none: same origin only)
     loopback_hosts_only: bool = False  # listening on loopback: refuse other Host: names (DNS rebinding)
+    # /explain: integrated gradients at 32 steps cost about 12 predictions of the text (docs/explain.md)
+    max_explain_inputs: int = 8  # texts per /explain request
+    explain_steps: int = 32  # integrated-gradient steps when a request leaves "steps" out
+    max_explain_steps: int = 128  # the most a request may ask for
+    max_concurrent_explains: int = 1  # /explain requests computed at once (a thread each); more get 429
 
 
 class Parameters(BaseModel):
@@ -93,6 +108,32 @@ class PredictRequest(BaseModel):
         return value
 
 
+class ExplainRequest(PredictRequest):
+    model_config = ConfigDict(
+        strict=True,
+        json_schema_extra={"examples": [{"inputs": "这家酒店很干净"}, {"inputs": ["书的质量太差了"], "steps": 16}]},
+    )
+
+    steps: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="integrated-gradient steps for the BERT models (default: the server's --explain-steps)"
+    )
+
+
+class Span(BaseModel):
+    start: int
+    end: int
+    text: str
+    score: float = Field(description="contribution toward the predicted label: positive supports it")
+
+
+class Explained(BaseModel):
+    label: str
+    score: float
+    attributions: list[Span]
+    explanation: dict = Field(description="method, steps, and how well the scores add up to the logit difference")
+    warnings: list[dict] | None = Field(None, description="present only when the input has warnings")
+
+
 class Prediction(BaseModel):
     label: str
     score: float
@@ -132,7 +173,7 @@ def unreadable_body(cause: BaseException | None) -> str | None:
 def http_error_message(request: Request, err: HTTPException) -> str:
     if err.status_code == 404:
         path = request.url.path if len(request.url.path) <= 200 else request.url.path[:200] + "..."
-        return f"{path}: no such endpoint; the API is POST /predict, GET /health, /info, /metrics, /docs"
+        return f"{path}: no such endpoint; the API is POST /predict, /explain, GET /health, /info, /metrics, /docs"
     if err.status_code == 405:
         allowed = (err.headers or {}).get("Allow", "")
         return f"{request.method} {request.url.path}: not allowed; use {allowed}"
@@ -211,12 +252,61 @@ def create_app(classifier: Classifier, settings: Settings, reason: str = "") -> 
     metrics.queue_depth.set_function(batcher.depth)
     labels = list(classifier.label_names)
     in_flight = 0
+    try:  # its own tokenizer: the batcher's must not be used from two threads at once
+        explainer, explainer_problem = explainer_for(classifier, own_thread=True), None
+    except PipelineError as err:
+        explainer, explainer_problem = None, str(err)
+    explain_threads = ThreadPoolExecutor(settings.max_concurrent_explains, thread_name_prefix="explain")
+    explaining = 0
+
+    def checked_texts(body: PredictRequest, max_inputs: int, option: str) -> tuple[list[str], bool, dict]:
+        """The request's texts (cut at --max-input-chars when truncating), whether to truncate, and the notes of
+        those cut; refusals as ApiError."""
+        single = isinstance(body.inputs, str)
+        texts = [body.inputs] if single else list(body.inputs)
+        if not texts:
+            raise ApiError(422, "inputs: give at least one text")
+        if len(texts) > max_inputs:
+            raise ApiError(413, f"batch size {len(texts)} > maximum allowed batch size {max_inputs} ({option})")
+        if body.truncation_direction.lower() == "left":
+            raise ApiError(422, "truncation_direction: Left is not supported; the model reads the start of each text")
+        truncate = settings.auto_truncate if body.truncate is None else body.truncate
+        for i, text in enumerate(texts):  # before the batcher: a text the tokenizer cannot take is this request's
+            if (problem := text_error(text)) is not None:
+                raise ApiError(422, f"{'inputs' if single else f'inputs[{i}]'}: {problem}")
+        cut = {}
+        for i, text in enumerate(texts):
+            if len(text) > settings.max_input_chars:
+                if not truncate:
+                    raise ApiError(
+                        413,
+                        f"inputs[{i}] has {len(text):,} characters, more than the server reads "
+                        f"({settings.max_input_chars:,}, its --max-input-chars); shorten it or send truncate: true",
+                    )
+                texts[i] = text[: settings.max_input_chars]
+                cut[i] = Note(
+                    "truncated", f"only its first {settings.max_input_chars:,} characters were read (of {len(text):,})"
+                )
+        return texts, truncate, cut
+
+    def read_notes(i: int, notes: list[Note], cut: dict, truncate: bool) -> list[Note]:
+        """Input i's notes, with the server's own cut; a text the model cut is refused if truncate is false."""
+        if i in cut and not any(note.code == "truncated" for note in notes):
+            notes = [cut[i], *notes]  # else the model's own note says how much it read
+        if not truncate and any(note.code == "truncated" for note in notes):
+            raise ApiError(
+                413,
+                f"inputs[{i}] is longer than the model reads ({classifier.max_length} tokens); "
+                "shorten it or send truncate: true",
+            )
+        return notes
 
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
         yield
         batcher.stop()  # after uvicorn has answered every request in flight
+        explain_threads.shutdown(cancel_futures=True)
 
     app = FastAPIOffline(
         title="zh-sentiment",
@@ -257,36 +347,11 @@ def create_app(classifier: Classifier, settings: Settings, reason: str = "") -> 
     async def predict(body: PredictRequest, request: Request):
         nonlocal in_flight
         single = isinstance(body.inputs, str)
-        texts = [body.inputs] if single else list(body.inputs)
-        if not texts:
-            raise ApiError(422, "inputs: give at least one text")
-        if len(texts) > settings.max_inputs:
-            raise ApiError(
-                413, f"batch size {len(texts)} > maximum allowed batch size {settings.max_inputs} (--max-inputs)"
-            )
-        if body.truncation_direction.lower() == "left":
-            raise ApiError(422, "truncation_direction: Left is not supported; the model reads the start of each text")
+        texts, truncate, cut = checked_texts(body, settings.max_inputs, "--max-inputs")
         function = body.parameters.function_to_apply if body.parameters else None
         if body.raw_scores and function not in (None, "none"):
             raise ApiError(422, f"raw_scores: true contradicts parameters.function_to_apply: {function}")
         function = function or ("none" if body.raw_scores else "softmax")
-        truncate = settings.auto_truncate if body.truncate is None else body.truncate
-        for i, text in enumerate(texts):  # before the batcher: a text the tokenizer cannot take is this request's
-            if (problem := text_error(text)) is not None:
-                raise ApiError(422, f"{'inputs' if single else f'inputs[{i}]'}: {problem}")
-        cut = {}
-        for i, text in enumerate(texts):
-            if len(text) > settings.max_input_chars:
-                if not truncate:
-                    raise ApiError(
-                        413,
-                        f"inputs[{i}] has {len(text):,} characters, more than the server reads "
-                        f"({settings.max_input_chars:,}, its --max-input-chars); shorten it or send truncate: true",
-                    )
-                texts[i] = text[: settings.max_input_chars]
-                cut[i] = Note(
-                    "truncated", f"only its first {settings.max_input_chars:,} characters were read (of {len(text):,})"
-                )
         if in_flight >= settings.max_concurrent_requests:
             raise ApiError(429, "Model is overloaded", "overloaded")
         in_flight += 1
@@ -303,16 +368,100 @@ def create_app(classifier: Classifier, settings: Settings, reason: str = "") -> 
             return Response(status_code=499)  # nobody is there to read it
         answers = []
         for i, (row, notes) in enumerate(results):
-            if i in cut and not any(note.code == "truncated" for note in notes):
-                notes = [cut[i], *notes]  # else the model's own note says how much it read
-            if not truncate and any(note.code == "truncated" for note in notes):
-                raise ApiError(
-                    413,
-                    f"inputs[{i}] is longer than the model reads ({classifier.max_length} tokens); "
-                    "shorten it or send truncate: true",
-                )
+            notes = read_notes(i, notes, cut, truncate)
             answers.append(predictions(row, notes, labels, function, body.parameters and body.parameters.top_k))
         return JSONResponse(answers[0] if single and body.parameters is None else answers)
+
+    @app.post(
+        "/explain",
+        summary="Classify texts and say which characters drove each label",
+        response_model=Explained | list[Explained],
+        responses={
+            413: {"model": ErrorResponse, "description": "too many inputs, a text or body too long"},
+            422: {"model": ErrorResponse, "description": "malformed JSON, wrong types, an empty text, too many steps"},
+            429: {"model": ErrorResponse, "description": "as many explanations running as the server allows"},
+            424: {"model": ErrorResponse, "description": "the model failed"},
+            501: {"model": ErrorResponse, "description": "this model cannot be explained as loaded (int8)"},
+        },
+    )
+    async def explain(body: ExplainRequest, request: Request):
+        nonlocal explaining
+        if explainer is None:
+            raise ApiError(501, explainer_problem, "unsupported")
+        if body.parameters is not None:
+            raise ApiError(422, "parameters: /explain answers for the predicted label only; send no parameters")
+        single = isinstance(body.inputs, str)
+        texts, truncate, cut = checked_texts(body, settings.max_explain_inputs, "--max-explain-inputs")
+        steps = settings.explain_steps if body.steps is None else body.steps
+        if steps > settings.max_explain_steps:
+            raise ApiError(
+                422,
+                f"steps: {steps} is more than this server allows ({settings.max_explain_steps}, its "
+                "--max-explain-steps)",
+            )
+        for i, text in enumerate(texts):
+            if not normalize_text(text)[0]:
+                raise ApiError(
+                    422, f"{'inputs' if single else f'inputs[{i}]'}: empty review: there is nothing to explain"
+                )
+        if explaining >= settings.max_concurrent_explains:
+            raise ApiError(
+                429,
+                "as many explanations are running as the server allows (--max-concurrent-explains): try again shortly",
+                "overloaded",
+            )
+        explaining += 1  # taken now, before any await; given back when the thread is done, not when the client goes
+        handed_over = False
+        try:
+            results = await until_disconnect(batcher.score(texts), request)
+            if results is None:
+                metrics.disconnects.inc()
+                return Response(status_code=499)
+            found = [read_notes(i, notes, cut, truncate) for i, (_, notes) in enumerate(results)]
+            chosen = [int(np.argmax(row)) for row, _ in results]
+            stop = threading.Event()
+
+            def work():
+                try:
+                    return [explainer.explain(text, steps, label, stop.is_set) for text, label in zip(texts, chosen)]
+                except Cancelled:  # the client went away: what is left is nobody's
+                    return None
+
+            loop = asyncio.get_running_loop()
+            job = explain_threads.submit(work)
+            handed_over = True
+            job.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
+            explanations = await until_disconnect(asyncio.wrap_future(job), request)
+        except ApiError:
+            raise
+        except Exception as err:  # the model failed on this request's texts: this request's error alone
+            raise ApiError(424, first_line(err), "backend") from None
+        finally:
+            if not handed_over:
+                explaining -= 1
+        if explanations is None:
+            stop.set()
+            metrics.disconnects.inc()
+            return Response(status_code=499)
+        answers = []
+        for (row, _), notes, result in zip(results, found, explanations):
+            values = row if body.raw_scores else transformed(row.astype(np.float64), "softmax")
+            if not result.complete():
+                notes = [*notes, Note("incomplete_explanation", incomplete_note(result))]
+            answer = {
+                "label": labels[result.label],
+                "score": float(values[result.label]),
+                "attributions": [span.record() for span in result.spans],
+                "explanation": result.summary(),
+            }
+            if notes:
+                answer["warnings"] = [{"code": note.code, "message": note.message} for note in notes]
+            answers.append(answer)
+        return JSONResponse(answers[0] if single else answers)
+
+    def release():
+        nonlocal explaining
+        explaining -= 1
 
     @app.get("/health", summary="200 while the server can classify")
     async def health():
@@ -350,6 +499,10 @@ def create_app(classifier: Classifier, settings: Settings, reason: str = "") -> 
             "chosen_because": reason,
             "max_input_chars": settings.max_input_chars,
             "max_body_bytes": settings.max_body_bytes,
+            "max_explain_inputs": settings.max_explain_inputs,
+            "explain_steps": settings.explain_steps,
+            "max_explain_steps": settings.max_explain_steps,
+            "explainable": explainer is not None,
             # the files of the model folder that differ on disk from those loaded (empty: it still matches)
             "changed_on_disk": await asyncio.to_thread(classifier.changed_on_disk),  # may hash: off the loop
         }
