@@ -29,6 +29,7 @@ from zh_sentiment.metrics import classification_metrics
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import Embed, check_value
 from zh_sentiment.progress import tqdm
+from zh_sentiment.runtime import RUNTIMES
 from zh_sentiment.tables import codec_for, read_table, require_columns
 from zh_sentiment.text import normalize_text
 
@@ -75,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=as_embed("precision"),
         help="encoder precision: auto, fp32, bf16, fp16 or int8, as embed.precision "
         "(default: the one the model was trained with, in model.json)",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="what runs the model: torch, onnx or onnx-int8 (zh-sentiment export writes them), or auto: the fastest "
+        "of those the model folder has, measured once on this machine (default: auto; docs/onnx.md)",
     )
     args = parser.parse_args(argv)
     if not args.texts and not args.input:
@@ -237,8 +245,9 @@ def main(argv: list[str] | None = None) -> None:
         check_output(args.output, args.input)
     texts, table = read_reviews(args)
     folder, reason = (args.model_dir, "given with --model-dir") if args.model_dir else choose_model(name=args.model)
-    classifier = load_model(folder, args.device, args.precision)
+    classifier = load_model(folder, args.device, args.precision, args.runtime)
     print(f"predict: model {folder} ({classifier.kind}): {reason}", file=sys.stderr)
+    print(f"predict: runtime {classifier.runtime}: {classifier.runtime_reason}", file=sys.stderr)
     names = classifier.label_names
     if table is not None:
         clash = [name for name in (*ADDED_COLUMNS, *(f"probability_{n}" for n in names)) if name in table.columns]

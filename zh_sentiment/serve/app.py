@@ -348,6 +348,8 @@ def create_app(classifier: Classifier, settings: Settings, reason: str = "") -> 
             "test": record.get("test"),
             "fingerprint": record.get("fingerprint"),
             "chosen_because": reason,
+            "runtime": classifier.runtime,  # torch, onnx, onnx-int8 (scikit-learn: the baseline)
+            "runtime_chosen_because": classifier.runtime_reason,
             "max_input_chars": settings.max_input_chars,
             "max_body_bytes": settings.max_body_bytes,
             # the files of the model folder that differ on disk from those loaded (empty: it still matches)
