@@ -17,7 +17,9 @@ them, and a changed or swapped file is refused on load. See docs/onnx.md.
 """
 
 import argparse
+import logging
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -152,7 +154,7 @@ def export_onnx(classifier: Encoded, texts: list[str], path: Path) -> None:
     )
     tokens = {name: example[name] for name in classifier.inputs}
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=classifier.max_length)
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), quiet():
         torch.onnx.export(
             Logits(classifier).eval(),
             (),
@@ -173,7 +175,24 @@ def quantize(source: Path, path: Path) -> None:
     on MatMul, the layers that cost."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(source, path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    with quiet():  # it advises shape-inference pre-processing, which BERT's MatMuls do not need
+        quantize_dynamic(source, path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+
+
+@contextmanager
+def quiet():
+    """The exporter's and quantizer's notes to developers (optional torchvision ops, axis renaming) off."""
+    loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> None:
