@@ -188,7 +188,7 @@ class Encoded(Classifier):
         validation: model.json's onnx), measured once per machine (zh_sentiment/runtime.py)."""
         if runtime not in RUNTIMES:
             raise PipelineError(f"--runtime {runtime}: expected one of {', '.join(RUNTIMES)}.")
-        exported = [name for name in ONNX_FILES if name in (opened.info["onnx"] or {})]
+        exported = [name for name in ONNX_FILES if name in (opened.info.get("onnx") or {})]
         if runtime == "auto":
             wanted, why = self.auto_candidates(exported, device, precision)
         elif runtime == "torch":
@@ -230,7 +230,7 @@ class Encoded(Classifier):
         return ["torch", *exported], ""
 
     def check_onnx(self, opened: OpenedFolder, runtime: str, device: str, precision: str | None) -> None:
-        if runtime not in (opened.info["onnx"] or {}):
+        if runtime not in (opened.info.get("onnx") or {}):
             raise PipelineError(
                 f"--runtime {runtime}: {self.folder / INFO_FILE} records no validated {ONNX_FILES[runtime]}. "
                 f"Export it first: zh-sentiment export --model-dir {self.folder}"

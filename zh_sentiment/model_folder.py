@@ -169,13 +169,16 @@ def write_info(folder: Path, record: dict) -> None:
 
 def validate_info(raw, path: Path) -> dict:
     try:
-        return ModelInfo.model_validate(raw).model_dump()
+        info = ModelInfo.model_validate(raw).model_dump()
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg'].removeprefix('Value error, ')}"
             for e in err.errors()
         )
         raise PipelineError(f"{path} is not a valid model description ({problems}). {REDO}") from None
+    if info["onnx"] is None:  # a folder with no export is written as before: earlier versions read it too
+        del info["onnx"]
+    return info
 
 
 def read_info(folder: Path, files: "LoadedFiles | None" = None) -> dict:

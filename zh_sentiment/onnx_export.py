@@ -244,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
                     f"{args.validation}: {found['validation']}. Nothing was written"
                     + (": export without --int8 for the fp32 file alone." if runtime == "onnx-int8" else ".")
                 )
-        if info["onnx"]:  # the files it records are about to be replaced: a crash from here leaves a loadable folder
+        if info.get(
+            "onnx"
+        ):  # the files it records are about to be replaced: a crash from here leaves a loadable folder
             write_info(folder, describe_onnx(info, folder, {}))
     write_info(folder, describe_onnx(info, folder, records))
     for runtime, record in records.items():
