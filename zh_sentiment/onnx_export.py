@@ -17,6 +17,7 @@ them, and a changed or swapped file is refused on load. See docs/onnx.md.
 """
 
 import argparse
+import hashlib
 import logging
 import sys
 import warnings
@@ -29,7 +30,7 @@ import torch
 from zh_sentiment.encoder import pool
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.inference import MODEL_NAMES, Encoded, FineTuned, FrozenHead, open_model_folder
-from zh_sentiment.model_folder import ONNX_FILES, fingerprint, sha256, validate_info, write_info
+from zh_sentiment.model_folder import ONNX_FILES, fingerprint, validate_info, write_info
 from zh_sentiment.outputs import atomic_dir
 from zh_sentiment.paths import BASELINE, CLEAN_DIR, FROZEN_HEAD, INFO_FILE, MODELS_DIR
 from zh_sentiment.progress import tqdm
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         split: scores(reference, texts, args.batch_size, f"PyTorch {split}") for split, (texts, _) in splits.items()
     }
     runtimes = ["onnx", "onnx-int8"] if args.int8 else ["onnx"]
-    records = {}
+    records, digests = {}, {}
     with atomic_dir(folder / "onnx") as out:
         print(f"export: tracing {folder} with torch.onnx.export ...", file=sys.stderr, flush=True)
         export_onnx(reference, splits["validation"][0], out / "model.onnx")
@@ -229,7 +230,9 @@ def main(argv: list[str] | None = None) -> None:
             quantize(out / "model.onnx", out / "model_quantized.onnx")
         for runtime in runtimes:
             name = ONNX_FILES[runtime]
-            exported = OnnxLogits((out / Path(name).name).read_bytes(), folder / name)
+            data = (out / Path(name).name).read_bytes()
+            digests[name] = "sha256:" + hashlib.sha256(data).hexdigest()  # of the very bytes validated
+            exported = OnnxLogits(data, folder / name)
             with running(reference, exported):
                 found = {
                     split: compare(
@@ -244,19 +247,18 @@ def main(argv: list[str] | None = None) -> None:
                     f"{args.validation}: {found['validation']}. Nothing was written"
                     + (": export without --int8 for the fp32 file alone." if runtime == "onnx-int8" else ".")
                 )
-        if info.get(
-            "onnx"
-        ):  # the files it records are about to be replaced: a crash from here leaves a loadable folder
-            write_info(folder, describe_onnx(info, folder, {}))
-    write_info(folder, describe_onnx(info, folder, records))
+        if info.get("onnx"):
+            # the files it records are about to be replaced: a crash from here on leaves a folder that loads
+            write_info(folder, describe_onnx(info, folder, {}, {}))
+    write_info(folder, describe_onnx(info, folder, records, digests))
     for runtime, record in records.items():
         shown = ", ".join(f"{split}: {record[split]}" for split in splits)
         print(f"export: {folder / record['file']} ({BOUNDS[runtime]}): {shown}")
 
 
-def describe_onnx(info: dict, folder: Path, records: dict) -> dict:
+def describe_onnx(info: dict, folder: Path, records: dict, digests: dict) -> dict:
     """model.json with these exports: their sha256 among `files`, their validation in `onnx`, a new fingerprint."""
     files = {name: digest for name, digest in info["files"].items() if name not in ONNX_FILES.values()}
-    files |= {record["file"]: sha256(folder / record["file"]) for record in records.values()}
+    files |= {record["file"]: digests[record["file"]] for record in records.values()}
     record = {**info, "files": files, "onnx": records or None}
     return validate_info({**record, "fingerprint": fingerprint(record)}, folder / INFO_FILE)
