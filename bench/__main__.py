@@ -27,7 +27,19 @@ from zh_sentiment.encoder import use_all_cores
 from zh_sentiment.outputs import write_json
 from zh_sentiment.sandbox import ROOT
 
-MEASUREMENTS = ["precision", "finetune_memory", "finetune_epochs", "default_run", "serving", "label_issues", "corpus", "scale", "explain"]
+MEASUREMENTS = [
+    "precision",
+    "finetune_memory",
+    "finetune_epochs",
+    "default_run",
+    "serving",
+    "label_issues",
+    "corpus",
+    "scale",
+    "explain",
+    "onnx_runtime",
+    "onnx_accuracy",
+]
 RESULTS_FILE = ROOT / "bench" / "results.json"
 
 

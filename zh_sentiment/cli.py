@@ -6,7 +6,12 @@ import sys
 from zh_sentiment.errors import run
 
 # imported when called: `predict` need not load the web stack, nor `serve` the S3 client
-COMMANDS = {"predict": "zh_sentiment.predict", "serve": "zh_sentiment.serve", "remote-check": "zh_sentiment.remote"}
+COMMANDS = {
+    "predict": "zh_sentiment.predict",
+    "serve": "zh_sentiment.serve",
+    "export": "zh_sentiment.onnx_export",
+    "remote-check": "zh_sentiment.remote",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -57,6 +57,7 @@ class Settings:
     model_dir: str
     device: str
     precision: str | None
+    runtime: str  # torch, onnx, onnx-int8 or auto (docs/onnx.md)
     batch_size: int
     text_column: str
     id_column: str | None
@@ -287,7 +288,9 @@ class Scorer:
 
     def __init__(self, settings: Settings, classifier: Classifier | None = None):
         self.settings = settings
-        self.classifier = classifier or load_model(Path(settings.model_dir), settings.device, settings.precision)
+        self.classifier = classifier or load_model(
+            Path(settings.model_dir), settings.device, settings.precision, settings.runtime
+        )
 
     def run(self, part: Part, frame: pd.DataFrame | None = None, progress: Callable[[int], None] | None = None) -> int:
         """Score `part` (read here unless given) and write its shard; the rows written."""
@@ -443,6 +446,7 @@ def run_corpus(args, ray) -> None:
         model_dir=str(Path(folder).resolve()),
         device=args.device,
         precision=args.precision,
+        runtime=args.runtime,
         batch_size=args.batch_size,
         text_column=args.text_column,
         id_column=args.id_column,

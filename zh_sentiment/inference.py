@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from zh_sentiment.baseline import baseline_from_bytes, check_classes
 from zh_sentiment.classifier import head_from_bytes, weights_folder
@@ -40,6 +40,7 @@ from zh_sentiment.encoder import (
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.model_folder import (
     MODEL_NAMES,
+    ONNX_FILES,
     LoadedFiles,
     OpenedFolder,
     check_finetuned,
@@ -60,6 +61,7 @@ from zh_sentiment.paths import (
     model_metrics,
 )
 from zh_sentiment.precision import choose_precision
+from zh_sentiment.runtime import RUNTIMES, Logits, OnnxLogits, cached_decision, probe, probe_inputs, probe_key, reason
 from zh_sentiment.text import normalize_text
 
 __all__ = ["MODEL_NAMES", "Classifier", "Note", "choose_model", "load_model", "open_model_folder"]
@@ -105,6 +107,8 @@ class Classifier:
 
     kind: str
     max_length: int | None
+    runtime: str  # what runs the forward pass: torch, onnx, onnx-int8 (scikit-learn for the baseline)
+    runtime_reason: str  # why, in words
 
     def __init__(self, opened: OpenedFolder):
         folder, info = opened.folder, opened.info
@@ -147,6 +151,7 @@ class Classifier:
 
 class Baseline(Classifier):
     kind = "baseline"
+    runtime, runtime_reason = "scikit-learn", "the baseline is a scikit-learn pipeline"
 
     def __init__(self, opened: OpenedFolder):
         super().__init__(opened)
@@ -175,6 +180,83 @@ class Encoded(Classifier):
 
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
+    precision: str  # PyTorch's; fp32 or int8 for the ONNX runtimes
+    logits: Logits  # the forward pass of the runtime chosen: token tensors -> logits
+
+    def choose_runtime(self, opened: OpenedFolder, device: str, precision: str | None, runtime: str, quiet: bool):
+        """Load the model in `runtime`; `auto`: the fastest this folder has (PyTorch, and the exports that passed
+        validation: model.json's onnx), measured once per machine (zh_sentiment/runtime.py)."""
+        if runtime not in RUNTIMES:
+            raise PipelineError(f"--runtime {runtime}: expected one of {', '.join(RUNTIMES)}.")
+        exported = [name for name in ONNX_FILES if name in (opened.info.get("onnx") or {})]
+        if runtime == "auto":
+            wanted, why = self.auto_candidates(exported, device, precision)
+        elif runtime == "torch":
+            wanted, why = ["torch"], "asked for (--runtime torch)"
+        else:
+            wanted, why = [runtime], f"asked for (--runtime {runtime})"
+            self.check_onnx(opened, runtime, device, precision)
+        key = None
+        if len(wanted) > 1:
+            self.device, self.precision = settings(device, precision, opened.info["precision"], quiet=True)
+            key = probe_key(self.shape(), [f"torch {self.precision}", *wanted[1:]])
+            decision = cached_decision(key)
+            if decision is not None:
+                wanted, why = [decision["choice"]], reason(decision, cached=True)
+        found = {}
+        for name in wanted:
+            if name == "torch":
+                self.device, self.precision = settings(device, precision, opened.info["precision"], quiet)
+                found[name] = self.load_torch(opened)
+            else:
+                found[name] = OnnxLogits(opened.take(self.folder / ONNX_FILES[name]), self.folder / ONNX_FILES[name])
+        if len(found) > 1:
+            decision = probe(key, found, probe_inputs(self.config.vocab_size, self.inputs))
+            why = reason(decision, cached=False)
+        self.runtime, self.runtime_reason = next(iter(found)) if len(found) == 1 else decision["choice"], why
+        self.logits = found[self.runtime]
+        if self.runtime != "torch":
+            self.device, self.precision = torch.device("cpu"), "int8" if self.runtime == "onnx-int8" else "fp32"
+            self.inputs = self.logits.inputs
+            self.drop_torch()
+
+    def auto_candidates(self, exported: list[str], device: str, precision: str | None) -> tuple[list[str], str]:
+        if not exported:
+            return ["torch"], "no ONNX export in model.json (zh-sentiment export writes one)"
+        if precision is not None:
+            return ["torch"], "--precision applies to PyTorch"
+        if choose_device(device, "--device").type != "cpu":
+            return ["torch"], f"ONNX Runtime runs on the CPU here, and --device {device} is not the CPU"
+        return ["torch", *exported], ""
+
+    def check_onnx(self, opened: OpenedFolder, runtime: str, device: str, precision: str | None) -> None:
+        if runtime not in (opened.info.get("onnx") or {}):
+            raise PipelineError(
+                f"--runtime {runtime}: {self.folder / INFO_FILE} records no validated {ONNX_FILES[runtime]}. "
+                f"Export it first: zh-sentiment export --model-dir {self.folder}"
+                + (" --int8" if runtime == "onnx-int8" else "")
+            )
+        if precision is not None:
+            raise PipelineError(
+                f"--precision applies to --runtime torch; --runtime {runtime} runs the exported "
+                f"{'int8' if runtime == 'onnx-int8' else 'fp32'} model. Leave --precision out."
+            )
+        if choose_device(device, "--device").type != "cpu":
+            raise PipelineError(
+                f"--runtime {runtime} runs on the CPU (onnxruntime); use --device cpu or --runtime torch."
+            )
+
+    def shape(self) -> str:
+        """What the speed of a forward pass depends on, besides the machine: the architecture and its sizes."""
+        c = self.config
+        sizes = f"{c.num_hidden_layers} layers, {c.hidden_size} hidden, {c.intermediate_size} intermediate"
+        return f"{self.kind} {c.model_type} ({sizes}), {self.info['pooling']} pooling, torch {self.precision}"
+
+    def load_torch(self, opened: OpenedFolder) -> Logits:
+        raise NotImplementedError
+
+    def drop_torch(self) -> None:
+        """Free the PyTorch model a probe loaded, once another runtime is chosen."""
 
     def readable(self, texts: list[str]) -> list[str]:
         """Each text cut to what its first max_length tokens can come from, so that a 1 MB "review" is not
@@ -206,7 +288,7 @@ class Encoded(Classifier):
             index = torch.tensor(batch)
             inputs = {key: tokens[key][index, :width].to(self.device, torch.long) for key in self.inputs}
             with torch.inference_mode():
-                logits[batch] = self._logits(inputs).float().cpu().numpy()
+                logits[batch] = self.logits(inputs).float().cpu().numpy()
 
     def _note_tokens(self, texts: list[str], readable: list[str], tokens: dict, notes: list[list[Note]]) -> None:
         """Truncated reviews and reviews the vocabulary hardly knows, as tokenize reports them for the data."""
@@ -240,68 +322,88 @@ class Encoded(Classifier):
                 "or less there, or train the model again."
             )
 
-    def _logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
-
 
 class FrozenHead(Encoded):
     kind = "frozen_head"
 
-    def __init__(self, opened: OpenedFolder, device: str, precision: str | None):
+    def __init__(
+        self, opened: OpenedFolder, device: str, precision: str | None, runtime: str = "torch", quiet: bool = False
+    ):
         super().__init__(opened)
         folder, info, encoder_folder = opened.folder, opened.info, opened.encoder_folder
-        source = f"'model' in {folder / INFO_FILE}"
-        self.head = head_from_bytes(opened.take(folder / HEAD_FILE), folder / HEAD_FILE, info["num_labels"])
-        self.device, self.precision = settings(device, precision, info["precision"])
+        self.source = f"'model' in {folder / INFO_FILE}"
         # from the folder whose files were checked (a hub id's cached snapshot): never a newer download
-        self.tokenizer = load_tokenizer(str(encoder_folder), source)
-        encoder = load_checked(encoder_folder, opened.take_weights(encoder_folder), source)
+        self.tokenizer = load_tokenizer(str(encoder_folder), self.source)
+        self.config = AutoConfig.from_pretrained(encoder_folder, trust_remote_code=False)
+        self.check_max_length(self.config, f"the encoder at {info['model']}")
+        self.inputs = [key for key in TOKEN_INPUTS if key in self.tokenizer.model_input_names]
+        self.choose_runtime(opened, device, precision, runtime, quiet)
+
+    def load_torch(self, opened: OpenedFolder) -> Logits:
+        folder, info, encoder_folder = opened.folder, opened.info, opened.encoder_folder
+        self.head = head_from_bytes(opened.take(folder / HEAD_FILE), folder / HEAD_FILE, info["num_labels"])
+        encoder = load_checked(encoder_folder, opened.take_weights(encoder_folder), self.source)
         self.encoder = to_precision(encoder.eval().requires_grad_(False), self.device, self.precision)
         self.inputs = forward_inputs(self.encoder)
-        self.check_max_length(self.encoder.config, f"the encoder at {info['model']}")
         if self.head.in_features != self.encoder.config.hidden_size:
             raise PipelineError(
                 f"{folder / HEAD_FILE} takes {self.head.in_features} features but the encoder gives "
                 f"{self.encoder.config.hidden_size}. Copy the whole model folder again, or train the model again."
             )
+        return self.torch_logits
 
-    def _logits(self, inputs):
+    def torch_logits(self, inputs):
         hidden, _ = encode(self.encoder, inputs, self.info["pooling"], states_layer=None)
         return self.head(pool(hidden, inputs["attention_mask"], self.info["pooling"]).cpu())
+
+    def drop_torch(self) -> None:
+        self.encoder = self.head = None
 
 
 class FineTuned(Encoded):
     kind = "finetuned"
 
-    def __init__(self, opened: OpenedFolder, device: str, precision: str | None):
+    def __init__(
+        self, opened: OpenedFolder, device: str, precision: str | None, runtime: str = "torch", quiet: bool = False
+    ):
         super().__init__(opened)
-        folder, info = opened.folder, opened.info
-        self.device, self.precision = settings(device, precision, info["precision"])
-        source = f"model folder {folder}"
-        self.tokenizer = load_tokenizer(str(folder), source)
+        self.tokenizer = load_tokenizer(str(self.folder), f"model folder {self.folder}")
+        self.config = AutoConfig.from_pretrained(self.folder, trust_remote_code=False)
+        self.check_max_length(self.config, "the model")
+        self.inputs = [key for key in TOKEN_INPUTS if key in self.tokenizer.model_input_names]
+        self.choose_runtime(opened, device, precision, runtime, quiet)
+
+    def load_torch(self, opened: OpenedFolder) -> Logits:
+        folder = opened.folder
         # its labels are config.json's id2label, checked against model.json's label_names
-        model = load_checked(folder, opened.take_weights(folder), source, AutoModelForSequenceClassification)
+        model = load_checked(
+            folder, opened.take_weights(folder), f"model folder {folder}", AutoModelForSequenceClassification
+        )
         bad = non_finite_weights(model)
         if bad:
             raise PipelineError(f"{folder}: {len(bad)} weight tensors are NaN or inf (e.g. {bad[0]}): train it again.")
         self.model = to_precision(model.eval().requires_grad_(False), self.device, self.precision)
         self.inputs = [key for key in TOKEN_INPUTS if key in forward_inputs(model)]
-        self.check_max_length(model.config, "the model")
+        return self.torch_logits
 
-    def _logits(self, inputs):
+    def torch_logits(self, inputs):
         return self.model(**inputs).logits
 
+    def drop_torch(self) -> None:
+        self.model = None
 
-def settings(device_name: str, requested: str | None, recorded: str) -> tuple[torch.device, str]:
+
+def settings(device_name: str, requested: str | None, recorded: str, quiet: bool = False) -> tuple[torch.device, str]:
     """The device, and the precision: the one the model was trained with unless `requested` says otherwise.
 
-    Features in another precision differ (int8 against fp32: centred cosine 0.89), so an override warns.
+    Features in another precision differ (int8 against fp32: centred cosine 0.89), so an override warns
+    (unless `quiet`: the export compares with fp32 on purpose).
     """
     if requested is None and recorded == "int8" and device_name == "auto":
         device_name = "cpu"  # int8 (dynamic quantization) runs on the CPU only
     device = choose_device(device_name, "--device")
     precision = choose_precision(requested or recorded, device, "predict")
-    if precision != recorded:
+    if precision != recorded and not quiet:
         print(
             f"warning: precision {precision} (--precision) differs from the {recorded} the model was trained and "
             "measured with (model.json): scores may differ from the evaluated ones.",
@@ -332,17 +434,19 @@ def open_model_folder(folder: Path) -> OpenedFolder:
     return OpenedFolder(folder, info, encoder_folder, files, payload(contents))
 
 
-def load_model(folder: Path, device: str = "auto", precision: str | None = None) -> Classifier:
-    """The model in `folder` (any kind), checked, then loaded into memory; a PipelineError names what is
-    wrong and what to do."""
+def load_model(folder: Path, device: str = "auto", precision: str | None = None, runtime: str = "torch") -> Classifier:
+    """The model in `folder` (any kind), checked, then loaded into memory in `runtime` (RUNTIMES); a
+    PipelineError names what is wrong and what to do."""
     opened = open_model_folder(folder)
     kind = opened.info["kind"]
     if kind == BASELINE:
         if precision is not None:
             raise PipelineError("--precision applies to the BERT models; the baseline has none.")
+        if runtime not in ("auto", "torch"):
+            raise PipelineError(f"--runtime {runtime} applies to the BERT models; the baseline runs in scikit-learn.")
         classifier = Baseline(opened)
     else:
-        classifier = (FrozenHead if kind == FROZEN_HEAD else FineTuned)(opened, device, precision)
+        classifier = (FrozenHead if kind == FROZEN_HEAD else FineTuned)(opened, device, precision, runtime)
     changed = classifier.changed_on_disk()
     if changed:  # written to while it loaded: what was checked may not be all of what was loaded
         raise PipelineError(

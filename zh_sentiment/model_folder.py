@@ -48,6 +48,9 @@ TOKENIZER_FILES = (
 )
 # What the model's weights are loaded from, besides the weight files: read once, hashed and loaded from those bytes.
 PAYLOAD_FILES = (HEAD_FILE, BASELINE_FILE)
+# `zh-sentiment export`'s files, by runtime, in Optimum's layout. Recorded in `files` once validated (so the
+# fingerprint covers them); an export file that model.json does not record is never loaded.
+ONNX_FILES = {"onnx": "onnx/model.onnx", "onnx-int8": "onnx/model_quantized.onnx"}
 # What shapes the output, in model.json: the fingerprint covers these. Not the metrics, nor where the encoder
 # is (`model`): its files are in encoder_files, and the same model has one fingerprint wherever it is stored.
 SHAPING_FIELDS = ("kind", "max_length", "pooling", "precision", "num_labels", "label_names", "files", "encoder_files")
@@ -76,6 +79,8 @@ class ModelInfo(BaseModel):
     encoder_files: dict[str, FINGERPRINT] | None  # frozen_head: those of the encoder `model` names
     fingerprint: FINGERPRINT  # of all the above together: one id for the model
     precision_probe: dict | None = None  # how `auto` precision was decided at training time, if it was
+    # runtime (onnx, onnx-int8) -> how its export compared with PyTorch fp32 (zh_sentiment/onnx_export.py)
+    onnx: dict[str, dict] | None = None
 
     @model_validator(mode="after")
     def consistent(self) -> "ModelInfo":
@@ -90,6 +95,11 @@ class ModelInfo(BaseModel):
             raise ValueError(f"a {self.kind} model {'needs' if encoder else 'has no'} model and max_length")
         if (self.kind == "frozen_head") != (self.encoder_files is not None):
             raise ValueError("encoder_files are recorded for a frozen_head model only")
+        for runtime in self.onnx or {}:
+            if runtime not in ONNX_FILES or not encoder:
+                raise ValueError(f"onnx: {runtime!r} is no ONNX runtime of a {self.kind} model")
+            if ONNX_FILES[runtime] not in self.files:
+                raise ValueError(f"onnx.{runtime} is recorded, but files has no {ONNX_FILES[runtime]}")
         return self
 
 
@@ -159,13 +169,16 @@ def write_info(folder: Path, record: dict) -> None:
 
 def validate_info(raw, path: Path) -> dict:
     try:
-        return ModelInfo.model_validate(raw).model_dump()
+        info = ModelInfo.model_validate(raw).model_dump()
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg'].removeprefix('Value error, ')}"
             for e in err.errors()
         )
         raise PipelineError(f"{path} is not a valid model description ({problems}). {REDO}") from None
+    if info["onnx"] is None:  # a folder with no export is written as before: earlier versions read it too
+        del info["onnx"]
+    return info
 
 
 def read_info(folder: Path, files: "LoadedFiles | None" = None) -> dict:
@@ -268,8 +281,12 @@ def payload(contents: dict[Path, bytes]) -> dict[Path, bytes]:
     return {
         path: data
         for path, data in contents.items()
-        if path.name in PAYLOAD_FILES or path.name in weight_files(path.parent)
+        if path.name in PAYLOAD_FILES or path.name in weight_files(path.parent) or is_onnx_file(path)
     }
+
+
+def is_onnx_file(path: Path) -> bool:
+    return f"{path.parent.name}/{path.name}" in ONNX_FILES.values()
 
 
 def verify_files(recorded: dict[str, str], folder: Path, what: str, info_file: Path, files: LoadedFiles) -> dict:

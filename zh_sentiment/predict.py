@@ -33,6 +33,7 @@ from zh_sentiment.metrics import classification_metrics
 from zh_sentiment.outputs import write_csv
 from zh_sentiment.params import Embed, check_value
 from zh_sentiment.progress import tqdm
+from zh_sentiment.runtime import RUNTIMES
 from zh_sentiment.tables import codec_for, read_table, require_columns
 from zh_sentiment.text import normalize_text
 
@@ -97,6 +98,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--explain-steps",
         type=steps_type,
         help=f"--explain: integrated-gradient steps for the BERT models (default: {DEFAULT_STEPS})",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="what runs the model: torch, onnx or onnx-int8 (zh-sentiment export writes them), or auto: the fastest "
+        "of those the model folder has, measured once on this machine (default: auto; docs/onnx.md)",
     )
     args = parser.parse_args(argv)
     if args.explain_steps is not None and not args.explain:
@@ -327,8 +335,9 @@ def main(argv: list[str] | None = None) -> None:
         check_output(args.output, args.input)
     texts, table = read_reviews(args)
     folder, reason = (args.model_dir, "given with --model-dir") if args.model_dir else choose_model(name=args.model)
-    classifier = load_model(folder, args.device, args.precision)
+    classifier = load_model(folder, args.device, args.precision, args.runtime)
     print(f"predict: model {folder} ({classifier.kind}): {reason}", file=sys.stderr)
+    print(f"predict: runtime {classifier.runtime}: {classifier.runtime_reason}", file=sys.stderr)
     explainer = explainer_for(classifier) if args.explain else None  # before any work: int8 cannot explain
     names = classifier.label_names
     if table is not None:

@@ -83,6 +83,7 @@ def origins(text: str) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from zh_sentiment.inference import MODEL_NAMES
+    from zh_sentiment.runtime import RUNTIMES
     from zh_sentiment.serve.app import Settings
     from zh_sentiment.serve.connections import FILES_RESERVED, MAX_CONNECTIONS
 
@@ -101,6 +102,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--precision",
         type=as_embed("precision"),
         help="encoder precision: auto, fp32, bf16, fp16 or int8 (default: the one the model was trained with)",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="torch, onnx, onnx-int8 (zh-sentiment export), or auto: the fastest the folder has on this machine",
     )
     limits = parser.add_argument_group("batching and limits")
     limits.add_argument(
@@ -269,8 +276,9 @@ def main(argv: list[str] | None = None) -> None:
         folder, reason = args.model_dir, "chosen with --model-dir"
     else:
         folder, reason = choose_model(models_dir=args.models_dir, name=args.model)
-    classifier = load_model(folder, device=args.device, precision=args.precision)  # PipelineError: one line
+    classifier = load_model(folder, device=args.device, precision=args.precision, runtime=args.runtime)
     print(f"serve: model {folder} ({classifier.kind}): {reason}", file=sys.stderr)
+    print(f"serve: runtime {classifier.runtime}: {classifier.runtime_reason}", file=sys.stderr)
     settings = Settings(
         max_batch_tokens=args.max_batch_tokens,
         batch_size=args.batch_size,

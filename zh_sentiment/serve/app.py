@@ -497,6 +497,8 @@ def create_app(classifier: Classifier, settings: Settings, reason: str = "") -> 
             "test": record.get("test"),
             "fingerprint": record.get("fingerprint"),
             "chosen_because": reason,
+            "runtime": classifier.runtime,  # torch, onnx, onnx-int8 (scikit-learn: the baseline)
+            "runtime_chosen_because": classifier.runtime_reason,
             "max_input_chars": settings.max_input_chars,
             "max_body_bytes": settings.max_body_bytes,
             "max_explain_inputs": settings.max_explain_inputs,
