@@ -15,11 +15,20 @@ from pathlib import Path
 import pandas as pd
 from dvclive import Live
 
+from zh_sentiment.outputs import write_json
 from zh_sentiment.paths import model_reports
 
 HISTORY = ("train_loss", "train_accuracy", "validation_loss", "validation_accuracy")
 # The last epoch's summary holds one figure besides the step, so that `dvc metrics show` stays one narrow table.
 SUMMARY = "validation_accuracy"
+
+
+class AtomicLive(Live):
+    """dvclive's Live, whose summary is replaced whole: `dvc exp show` reads it while the run rewrites it after each
+    epoch, and found dvclive's in-place rewrite half-written (JSONFileCorruptedError)."""
+
+    def make_summary(self) -> None:
+        write_json(self.metrics_file, {**self.summary, "step": self.step})
 
 
 def live_dir(model: str) -> Path:
@@ -29,7 +38,7 @@ def live_dir(model: str) -> Path:
 @contextmanager
 def epoch_logger(model: str):
     """A function that logs one epoch's row (epoch, and HISTORY's figures) for `model`."""
-    with Live(str(live_dir(model)), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    with AtomicLive(str(live_dir(model)), dvcyaml=None, save_dvc_exp=False, report=None) as live:
 
         def log_epoch(row: dict) -> None:
             live.step = row["epoch"]
