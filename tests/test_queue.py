@@ -40,8 +40,9 @@ def test_readme_lr_loop_runs_the_queue_on_a_local_dataset(trained_project, revie
     project = trained_project.copy(tmp_path / "queue")
     shutil.copytree(reviews_folder[0], project.path / LOCAL)
     project.set_params({"data.dataset": LOCAL})
-    # the same reviews from their new place; the model stages re-run for their cards, which name the dataset
-    assert project.repro() == ["fetch", "train", "baseline", "finetune"]
+    # the same reviews from their new place; the model stages re-run for their cards, which name the dataset (a new
+    # name here, so the frozen head's card, and evaluate after it)
+    assert project.repro() == ["fetch", "train", "evaluate", "baseline", "finetune"]
     project.commit("the dataset under data/source")
 
     loop = readme_block("**Many experiments.**")

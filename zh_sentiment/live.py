@@ -28,7 +28,8 @@ class AtomicLive(Live):
     epoch, and found dvclive's in-place rewrite half-written (JSONFileCorruptedError)."""
 
     def make_summary(self) -> None:
-        write_json(self.metrics_file, {**self.summary, "step": self.step})
+        self.summary["step"] = self.step  # as dvclive's own: end() reads the step back from it
+        write_json(self.metrics_file, self.summary)
 
 
 def live_dir(model: str) -> Path:
