@@ -3,8 +3,8 @@
 Reads data/states/ (the states entering the first trained layer, cached by embed) or, with
 layers: all, data/tokens/; and the encoder's starting weights from model.name. Writes
 models/finetuned/ (a standard Hugging Face sequence-classification folder, with model.json),
-metrics/finetuned/history.csv, curves.png and training.json, and the test report
-(metrics/finetuned.json and metrics/finetuned/*.csv, see zh_sentiment/report.py).
+metrics/finetuned/live/ (loss and accuracy per epoch, through dvclive), curves.png and training.json,
+and the test report (metrics/finetuned.json and metrics/finetuned/*.csv, see zh_sentiment/report.py).
 
 `python -m stages.finetune` runs it, on finetune.processes processes (data-parallel, DDP; gloo on CPU,
 nccl on CUDA) that it starts and stops itself (zh_sentiment/distributed.py); only rank 0 writes.
@@ -13,6 +13,7 @@ Started by torchrun (one or several nodes), it is one rank of torchrun's job ins
 
 import json
 import os
+from contextlib import nullcontext
 
 import pandas as pd
 import torch
@@ -24,6 +25,7 @@ from zh_sentiment.encoder import choose_device, forward_inputs, load_tokenizer, 
 from zh_sentiment.errors import PipelineError, run
 from zh_sentiment.explain import finetuned_explainer, mistakes
 from zh_sentiment.finetune import FineTuned, Tokens, choose_autocast, fit, log_probabilities, starting_model
+from zh_sentiment.live import epoch_logger
 from zh_sentiment.model_folder import SELF, describe, non_finite_weights, write_info
 from zh_sentiment.outputs import atomic_dir
 from zh_sentiment.params import load_params
@@ -139,7 +141,8 @@ def process_main(rank: int, world: int) -> None:
         what = "every layer" if start is None else f"layers {start + 1}..{classifier.config.num_hidden_layers}"
         print(f"finetune: {tokenization['model']}, {what} + head, {world} process(es) on {device} in {precision}")
 
-    best_state, best, history = fit(model, train, validation, params, device, rank, world, precision)
+    with epoch_logger(FINETUNED) if rank == 0 else nullcontext() as log_epoch:  # one process logs the epochs
+        best_state, best, history = fit(model, train, validation, params, device, rank, world, precision, log_epoch)
     if rank == 0:
         model.load_state_dict(best_state)
         log_p = log_probabilities(model, test, torch.arange(len(test)), params, device, precision)

@@ -1,18 +1,20 @@
 """train: fit a linear head on the cached features; keep the epoch with the best validation accuracy.
 
 Writes models/frozen_head/ (head.pt, model.json with the validation accuracy), metrics/frozen_head/training.json
-(the best epoch), metrics/frozen_head/history.csv (loss and accuracy per epoch, a plot)
+(the best epoch), metrics/frozen_head/live/ (loss and accuracy per epoch through dvclive, zh_sentiment/live.py)
 and metrics/frozen_head/curves.png (the same as an image, which `dvc plots show` shows offline).
 """
 
 import copy
 import json
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from zh_sentiment.classifier import load_features, save_frozen_head
 from zh_sentiment.errors import run
+from zh_sentiment.live import epoch_logger
 from zh_sentiment.params import Train, load_params
 from zh_sentiment.paths import EMBEDDING_FILE, FROZEN_HEAD, LABELS_FILE, model_dir
 from zh_sentiment.progress import trange
@@ -25,8 +27,11 @@ def loss_and_accuracy(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
 
-def fit(train: tuple, validation: tuple, num_labels: int, params: Train) -> tuple[torch.nn.Linear, dict, list[dict]]:
-    """The head of the best epoch (validation accuracy, then lower loss), that epoch's row, and one row per epoch run.
+def fit(
+    train: tuple, validation: tuple, num_labels: int, params: Train, on_epoch: Callable[[dict], None] | None = None
+) -> tuple[torch.nn.Linear, dict, list[dict]]:
+    """The head of the best epoch (validation accuracy, then lower loss), that epoch's row, and one row per epoch run,
+    each also passed to `on_epoch` as it ends.
 
     The head learns on standardized features (train mean and std): frozen-encoder
     features have scales from 1e-3 to 1e1, which plain AdamW steps handle badly.
@@ -65,6 +70,8 @@ def fit(train: tuple, validation: tuple, num_labels: int, params: Train) -> tupl
             }
         )
         bar.set_postfix(validation_accuracy=f"{validation_accuracy:.4f}")
+        if on_epoch:
+            on_epoch(history[-1])
         if best is None or (validation_accuracy, -validation_loss) > (
             best["validation_accuracy"],
             -best["validation_loss"],
@@ -90,7 +97,10 @@ def main() -> None:
     encoder = json.loads(EMBEDDING_FILE.read_text(encoding="utf-8"))
     label_names = json.loads(LABELS_FILE.read_text(encoding="utf-8"))["names"]
 
-    head, best, history = fit(load_features("train"), load_features("validation"), len(label_names), params)
+    with epoch_logger(FROZEN_HEAD) as log_epoch:
+        head, best, history = fit(
+            load_features("train"), load_features("validation"), len(label_names), params, log_epoch
+        )
     info = {
         **encoder,  # the encoder, max_length, pooling and precision the features were made with
         "num_labels": len(label_names),

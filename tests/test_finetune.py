@@ -15,6 +15,7 @@ from tests.fixtures import reviews, write_tiny_bert
 from zh_sentiment.encoder import embed, encode_texts, load_encoder, load_tokenizer
 from zh_sentiment.errors import PipelineError
 from zh_sentiment.finetune import FineTuned, Tokens, fit, micro_batches, starting_model
+from zh_sentiment.live import read_history
 from zh_sentiment.params import Finetune, load_params
 from zh_sentiment.sandbox import pristine_params
 from zh_sentiment.states import CachedStates, first_trained_layer, save_states
@@ -204,7 +205,10 @@ def test_two_processes_learn_what_one_does(trained_project, tmp_path):
     assert project.repro() == ["finetune"]
     one, two = trained_project.json("metrics/finetuned.json"), project.json("metrics/finetuned.json")
     print(f"test accuracy: 1 process {one['accuracy']}, 2 processes {two['accuracy']}")
-    assert project.json("metrics/finetuned/training.json")["processes"] == 2
+    training = project.json("metrics/finetuned/training.json")
+    assert training["processes"] == 2
+    # only rank 0 logs the epochs (dvclive): one row each, not one per process
+    assert list(read_history("finetuned", project.path)["epoch"]) == list(range(1, training["epochs_run"] + 1))
     # the same batches and steps, but each process draws its own dropout masks: one review may come out otherwise
     one_review = 1 / one["n"] + 1e-5  # the fixture's validation and test splits are the same size; metrics: 6 digits
     assert abs(one["accuracy"] - two["accuracy"]) <= one_review

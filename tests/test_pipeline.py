@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from stages import evaluate, train
 from tests.conftest import FIXTURE_PARAMS
+from zh_sentiment.live import read_history
 from zh_sentiment.sandbox import ran_stages
 
 STAGES = ["fetch", "clean", "tokenize", "embed", "train", "evaluate", "baseline", "label_issues", "finetune"]
@@ -30,7 +31,7 @@ def test_repro_runs_every_stage_and_writes_every_output(trained_project):
         "metrics/data/tokenize.json",
         "metrics/data/token_lengths.png",
         "metrics/frozen_head/training.json",
-        "metrics/frozen_head/history.csv",
+        "metrics/frozen_head/live/metrics.json",
         "metrics/frozen_head.json",
         "metrics/frozen_head/predictions.csv",
         "metrics/frozen_head/roc.csv",
@@ -44,7 +45,7 @@ def test_repro_runs_every_stage_and_writes_every_output(trained_project):
         *(f"models/finetuned/{name}" for name in ("model.safetensors", "config.json", "model.json")),
         "models/finetuned/tokenizer.json",
         "metrics/finetuned.json",
-        *(f"metrics/finetuned/{name}" for name in ("history.csv", "training.json", "predictions.csv", "roc.csv")),
+        *(f"metrics/finetuned/{name}" for name in ("live/metrics.json", "training.json", "predictions.csv", "roc.csv")),
         "metrics/finetuned/misclassified.csv",
         *(f"metrics/{model}/test.json" for model in ("frozen_head", "baseline", "finetuned")),
     ]
@@ -96,7 +97,7 @@ def test_embed_writes_one_feature_vector_per_review(trained_project, tiny_bert):
 
 def test_train_keeps_the_best_epoch_and_records_the_model(trained_project):
     metrics = trained_project.json("metrics/frozen_head/training.json")
-    history = pd.read_csv(trained_project.path / "metrics/frozen_head/history.csv")
+    history = read_history("frozen_head", trained_project.path)
     assert len(history) == metrics["epochs_run"] <= FIXTURE_PARAMS["train.epochs"]
     best = history.loc[history["epoch"] == metrics["best_epoch"]].iloc[0]
     assert best["validation_accuracy"] == history["validation_accuracy"].max()
@@ -184,7 +185,7 @@ def test_embed_keeps_the_states_entering_the_finetuned_layers_for_real_tokens_on
 
 def test_finetune_keeps_the_best_epoch_and_writes_a_self_contained_model(trained_project):
     training = trained_project.json("metrics/finetuned/training.json")
-    history = pd.read_csv(trained_project.path / "metrics/finetuned/history.csv")
+    history = read_history("finetuned", trained_project.path)
     assert set(history.columns) == {"epoch", "train_loss", "train_accuracy", "validation_loss", "validation_accuracy"}
     best = history.loc[history["epoch"] == training["best_epoch"]].iloc[0]
     assert best["validation_accuracy"] == history["validation_accuracy"].max()
@@ -217,7 +218,11 @@ def test_changing_a_finetune_training_param_reruns_only_finetune(trained_project
 def test_same_params_and_seed_give_identical_head_and_metrics(trained_project, tmp_path, monkeypatch):
     """train and evaluate again on the cached features: byte-identical outputs, so DVC sees nothing changed."""
     project = trained_project.copy(tmp_path / "again")
-    outputs = ["models/frozen_head/head.pt", "metrics/frozen_head.json", "metrics/frozen_head/history.csv"]
+    outputs = [
+        "models/frozen_head/head.pt",
+        "metrics/frozen_head.json",
+        "metrics/frozen_head/live/plots/metrics/train_loss.tsv",
+    ]
     before = {path: (project.path / path).read_bytes() for path in outputs}
     for path in outputs:
         (project.path / path).unlink()

@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from zh_sentiment.distributed import LOCK_FILE
+from zh_sentiment.live import read_history
 from zh_sentiment.sandbox import python_first_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; prctl is Linux's")
@@ -126,7 +126,7 @@ def test_killing_dvc_kills_every_training_process(trained_project, tmp_path, she
     # so nothing can write models/finetuned later: the next run is the only writer
     project.set_params({"finetune.epochs": 1, "finetune.processes": 1})
     assert project.repro() == ["finetune"]
-    assert len(pd.read_csv(project.path / "metrics/finetuned/history.csv")) == 1
+    assert len(read_history("finetuned", project.path)) == 1
 
 
 def test_a_second_run_while_one_holds_the_project_is_refused(trained_project, tmp_path):

@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+import dvc.api
 import numpy as np
 import yaml
 
@@ -45,8 +46,9 @@ def test_an_experiment_is_listed_with_its_params_and_test_accuracy(trained_proje
                 )
     rev, params, metrics = experiments["fast-lr"]
     assert params["train"]["lr"] == 0.05 and params["train"]["batch_size"] == 16
-    # the table shows the metrics the experiment committed, which are also those left in the workspace
-    committed = json.loads(project.run("git", "show", f"{rev}:metrics/frozen_head.json").stdout)
+    # the table shows the metrics the experiment committed (a DVC output: its commit's dvc.lock names them in the
+    # cache), which are also those left in the workspace
+    committed = json.loads(dvc.api.read("metrics/frozen_head.json", repo=str(project.path), rev=rev))
     assert metrics == committed == project.json("metrics/frozen_head.json")
     assert set(metrics) >= {"accuracy", "f1_macro", "roc_auc"}
 

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import Project, ran_stages
 from tests.s3 import BUCKET, running_store
 from tests.server import free_port, running_server
+from zh_sentiment.live import read_history
 from zh_sentiment.model_folder import read_info
 from zh_sentiment.sandbox import python_first_env
 
@@ -77,7 +78,9 @@ def local_owner(trained_project, reviews_folder, tmp_path_factory, store) -> Pro
     shutil.copytree(reviews_folder[0], owner.path / LOCAL)
     owner.dvc("add", LOCAL)
     owner.set_params({"data.dataset": LOCAL})
-    assert owner.repro() == ["fetch"]  # the same reviews from their new place: nothing after fetch changes
+    # the same reviews from their new place: the data after fetch is the same; the model stages re-run because
+    # their model cards name the dataset (data.dataset is their param too)
+    assert owner.repro() == ["fetch", "train", "baseline", "finetune"]
     owner.commit("the dataset under data/source, tracked by DVC")
     share(owner, store, "local")
     return owner
@@ -106,20 +109,28 @@ def test_a_local_dataset_under_data_source_travels_too(local_owner, store, tmp_p
 
 
 def test_params_someone_already_ran_are_restored_from_the_run_cache_not_run(owner, store, tmp_path):
-    """The owner tried mean pooling; a teammate who sets it gets embed's outputs (the encoder pass, the long stage)
-    from the remote's run-cache: `dvc repro --pull` does not run it. DVC run-caches only stages whose every
-    `cache: false` output is a metric or a plot, so train, evaluate and label_issues, which keep reports in git, run."""
+    """The owner tried mean pooling and another fine-tuning lr; a teammate who sets the same params gets every stage
+    those touch (embed's encoder pass, train, evaluate, label_issues, finetune) from the remote's run-cache:
+    `dvc repro --pull` runs nothing. DVC restores a run only when every output is on the remote, reports included."""
     trial = owner.copy(tmp_path / "trial")
-    trial.set_params({"embed.pooling": "mean"})
-    assert trial.repro() == ["embed", "train", "evaluate", "label_issues"]  # the states do not depend on pooling
+    tried = {"embed.pooling": "mean", "finetune.lr": 0.001}
+    trial.set_params(tried)
+    assert trial.repro() == ["embed", "train", "evaluate", "label_issues", "finetune"]  # states: not on pooling
     trial.dvc("push", "--run-cache", env=store.env())
 
     teammate = clone(owner.path.parent / "origin.git", tmp_path / "teammate", store)
-    teammate.set_params({"embed.pooling": "mean"})
+    teammate.set_params(tried)
     result = teammate.dvc("repro", "--pull")
-    assert "Stage 'embed' is cached - skipping run, checking out outputs" in result.stdout, result.stdout
-    assert ran_stages(result.stdout) == ["train", "evaluate", "label_issues"], result.stdout
-    assert teammate.json("metrics/frozen_head.json") == trial.json("metrics/frozen_head.json")
+    for stage in ["embed", "train", "evaluate", "label_issues", "finetune"]:
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in result.stdout, result.stdout
+    assert ran_stages(result.stdout) == [], result.stdout
+    for model in ["frozen_head", "finetuned"]:
+        assert teammate.json(f"metrics/{model}.json") == trial.json(f"metrics/{model}.json")
+        assert read_history(model, teammate.path).equals(read_history(model, trial.path))
+    assert (teammate.path / "metrics/finetuned/curves.png").read_bytes() == (
+        trial.path / "metrics/finetuned/curves.png"
+    ).read_bytes()
+    assert predictions(teammate) == predictions(trial)
     assert teammate.dvc("status").stdout.strip() == "Data and pipelines are up to date."
 
 

@@ -244,8 +244,19 @@ def diverged(epoch: int, step: int, norm: torch.Tensor, params: Finetune) -> Pip
     )
 
 
-def fit(model: FineTuned, train, validation, params: Finetune, device, rank: int = 0, world: int = 1, precision="fp32"):
-    """Train; return the best epoch's weights (validation accuracy, then lower loss), its row, and every epoch's row.
+def fit(
+    model: FineTuned,
+    train,
+    validation,
+    params: Finetune,
+    device,
+    rank: int = 0,
+    world: int = 1,
+    precision="fp32",
+    on_epoch=None,
+):
+    """Train; return the best epoch's weights (validation accuracy, then lower loss), its row, and every epoch's row,
+    each also passed to `on_epoch` (where given: rank 0's logger) as it ends.
 
     `precision` is what choose_autocast picked: "bf16" runs the forward passes under autocast."""
     check_fits([train, validation], params)
@@ -301,6 +312,8 @@ def fit(model: FineTuned, train, validation, params: Finetune, device, rank: int
         )
         if rank == 0:
             print(f"finetune: epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in list(history[-1].items())[1:]))
+        if on_epoch:
+            on_epoch(history[-1])
         if best is None or (validation_accuracy, -validation_loss) > (
             best["validation_accuracy"],
             -best["validation_loss"],

@@ -11,7 +11,8 @@ metrics/<model>/confusion.png, roc.png  the same as images, which `dvc plots sho
 
 and, for the models trained in epochs:
 
-metrics/<model>/history.csv     loss and accuracy per epoch (a plot), and curves.png, its image
+metrics/<model>/live/           loss and accuracy per epoch, logged through dvclive (zh_sentiment/live.py),
+                                and curves.png, its image
 metrics/<model>/training.json   the epoch kept and its figures
 """
 
@@ -108,10 +109,9 @@ def top_characters(model: str, wrong: pd.DataFrame, y_pred: np.ndarray, explain)
 
 
 def write_training_report(model: str, history: list[dict], best: dict, **facts) -> None:
-    """The per-epoch history (rows of epoch, train_loss, train_accuracy, validation_loss,
-    validation_accuracy), its curves, and the kept epoch's row with any other `facts`."""
+    """The curves of the per-epoch history (rows of epoch, train_loss, train_accuracy, validation_loss,
+    validation_accuracy; dvclive logged them as they came), and the kept epoch's row with any other `facts`."""
     frame = pd.DataFrame(history).round(6)
-    write_csv(model_reports(model) / "history.csv", frame)
     plots.training_curves(model, frame, best_epoch=best["epoch"])
     write_json(
         model_reports(model) / "training.json",
