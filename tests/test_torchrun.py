@@ -29,13 +29,14 @@ def free_port() -> int:
 
 
 class Node:
-    """One node: `torchrun --nnodes=2 ... -m stages.finetune` started in its own session in `project`, as a
-    scheduler would start it, its output in a file (a pipe nobody reads could fill and stall it)."""
+    """One node: `zh-sentiment torchrun --nnodes=2 ... -m stages.finetune` (torchrun, README's command) started in
+    its own session in `project`, as a scheduler would start it, its output in a file (a pipe nobody reads could
+    fill and stall it)."""
 
     def __init__(self, project, port: int):
         self.project, self.log = project, project.path / "node.log"
         command = [
-            *(sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--max-restarts=0"),
+            *(sys.executable, "-m", "zh_sentiment", "torchrun", "--nnodes=2", "--nproc-per-node=1", "--max-restarts=0"),
             *("--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test"),
             *("--local-addr=127.0.0.1", "--master-addr=127.0.0.1", "-m", "stages.finetune"),
         ]
@@ -125,10 +126,9 @@ def test_a_killed_node_stops_the_other_with_one_message_and_leaves_no_process(no
     output = survivor.output()
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     print(errors)
-    assert len(errors) == 1 and errors[0].startswith("error: finetune: rank 0 of 2 "), output
-    # the worker printed no traceback; then torchrun prints its own report: a ChildFailedError whose root cause
-    # repeats that line, or, when the killed node hosted the rendezvous, its own RendezvousConnectionError
-    worker, torchrun = output.split(errors[0], 1)
-    assert "Traceback" not in worker
-    assert "ChildFailedError" in torchrun or "RendezvousConnectionError" in torchrun, output
+    # the worker's line (torchrun's root cause), or, when the killed node hosted the rendezvous, that the nodes
+    # could no longer meet there; never a traceback, the worker's or torchrun's
+    assert len(errors) == 1, output
+    assert errors[0].startswith(("error: finetune: rank 0 of 2 ", "error: torchrun: the nodes could not meet")), output
+    assert "Traceback" not in output and "ChildFailedError" not in output, output
     assert waited < timeout + 15  # the collective's timeout, and torchrun's own shutdown on a loaded machine

@@ -11,6 +11,7 @@ COMMANDS = {
     "serve": "zh_sentiment.serve",
     "export": "zh_sentiment.onnx_export",
     "remote-check": "zh_sentiment.remote",
+    "torchrun": "zh_sentiment.torchrun",  # torchrun, a failed run said in one line (README, Across nodes)
 }
 
 

@@ -182,8 +182,7 @@ def join(train: Callable[[int, int], None], timeout_seconds: int) -> None:
     try:
         train(rank, world)
     except PipelineError as err:
-        tell_launcher(str(err))
-        raise
+        fail(str(err))
     except RuntimeError as err:
         kind = collective_failure(err)
         if kind is None:  # a bug: its traceback, and torchrun's report after it
@@ -200,8 +199,16 @@ def join(train: Callable[[int, int], None], timeout_seconds: int) -> None:
                 f"finetune: rank {rank} of {world} lost another process of the run ({gist(err)}); the run "
                 "stopped. The other nodes' output says which one went and why."
             )
-        tell_launcher(message)
-        raise PipelineError(message) from None
+        fail(message)
+
+
+def fail(message: str) -> None:
+    """Stop this worker with `message`, said once: torchrun reports a worker's error file as the run's root cause
+    (`zh-sentiment torchrun` prints just that line), so a worker that left one prints nothing itself; under a
+    launcher without error files the worker prints it."""
+    if tell_launcher(message):
+        sys.exit(1)
+    raise PipelineError(message) from None
 
 
 def gist(err: RuntimeError) -> str:
@@ -209,11 +216,14 @@ def gist(err: RuntimeError) -> str:
     return re.sub(r"^\[[^\]]*\]\s*", "", first_line(err))[:160]
 
 
-def tell_launcher(message: str) -> None:
-    """torchrun's failure report quotes a worker's error file (TORCHELASTIC_ERROR_FILE, its own JSON) as the root
-    cause; without one it says only "To enable traceback see ...". Other launchers set no such file."""
-    if path := os.environ.get("TORCHELASTIC_ERROR_FILE"):
+def tell_launcher(message: str) -> bool:
+    """Leave `message` in torchrun's error file (TORCHELASTIC_ERROR_FILE, its own JSON), whose failure report quotes
+    it as the root cause (without one it says only "To enable traceback see ..."); whether there was one to write.
+    Other launchers set no such file."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
         Path(path).write_text(json.dumps({"message": f"error: {message}", "timestamp": int(time.time())}))
+    return bool(path)
 
 
 def join_group(backend: str, rank: int, world: int, timeout_seconds: int) -> None:
