@@ -1,8 +1,8 @@
 """Run the benchmark: python -m bench [--smoke] [--only NAME ...]
 
 Each measurement is a module bench/<name>.py with measure(setup) -> list[Row]; it prints ratios
-against baselines measured in the same run. Results go to bench/results.json, and README.md's
-benchmark table is regenerated from that file (bench/readme.py). To add a measurement, write
+against baselines measured in the same run. Results go to bench/results.json, and the
+benchmark table in docs/benchmark.md is regenerated from that file (bench/readme.py). To add a measurement, write
 its module and add its name to MEASUREMENTS.
 """
 
@@ -22,7 +22,7 @@ import torch
 import transformers
 
 from bench.common import REAL, SMOKE, Setup
-from bench.readme import update_readme
+from bench.readme import TABLE_FILE, update_table
 from zh_sentiment.encoder import use_all_cores
 from zh_sentiment.outputs import write_json
 from zh_sentiment.sandbox import ROOT
@@ -84,7 +84,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="a tiny encoder and few reviews: seconds, not minutes")
     parser.add_argument("--only", nargs="+", choices=MEASUREMENTS, default=MEASUREMENTS)
     parser.add_argument("--results", type=Path, default=RESULTS_FILE, help="where to write the results (JSON)")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README whose table to regenerate")
+    parser.add_argument(
+        "--table",
+        type=Path,
+        default=TABLE_FILE,
+        help="Markdown file whose table to regenerate, between the bench:start and bench:end markers",
+    )
     parser.add_argument(
         "--merge",
         action="store_true",
@@ -113,8 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.merge and args.results.exists():
         results = merged(json.loads(args.results.read_text(encoding="utf-8")), results)
     write_json(args.results, results)
-    update_readme(args.readme, results)
-    print(f"wrote {args.results} and the table in {args.readme} ({wall_seconds:.0f} s)")
+    update_table(args.table, results)
+    print(f"wrote {args.results} and the table in {args.table} ({wall_seconds:.0f} s)")
     return results
 
 

