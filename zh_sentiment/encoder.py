@@ -299,7 +299,7 @@ def return_large_blocks() -> None:
     encoder's activations, of a different size every batch, come from the heap after the first batch; the heap
     fragments, and its free pages stay resident and add up batch after batch: embed's peak RSS grew 1.21× from
     3,000 to 12,000 reviews, with the memory in use flat (mallinfo2). Fixing the threshold keeps it flat
-    (bench/scale.py), at no measurable cost in time. musl and other platforms: nothing to do."""
+    (bench/scale.py), and was not slower on a loaded machine. musl and other platforms: nothing to do."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 2**20)
