@@ -10,6 +10,8 @@ import os
 import random
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -180,23 +182,34 @@ def take(tokens: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:
     return {key: value[index] for key, value in tokens.items()}
 
 
+# Runs argv[2:] and writes its peak RSS (KiB) into the file argv[1]. Linux carries the resident size of the process
+# that forks into the child's ru_maxrss at exec, so a child started by this (large) bench process would read at
+# least the bench's own size: a small Python process in between forks it instead.
+PEAK_OF = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_child(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, int, str]:
     """Run `command` (this interpreter first on PATH, `env` added to the environment); its wall time, peak RSS
-    in bytes and output."""
+    in bytes (its own, wait4's ru_maxrss through PEAK_OF) and output."""
     start = time.perf_counter()
-    with subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=python_first_env({**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as process:
-        output = process.stdout.read()
-        # wait4 gives this child's own peak RSS; getrusage(RUSAGE_CHILDREN) would give the largest of all so far
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - start
-    if process.returncode != 0:
-        raise RuntimeError(f"`{' '.join(command)}` exited {process.returncode} in {cwd}:\n{output[-3000:]}")
-    return seconds, usage.ru_maxrss * 1024, output  # ru_maxrss is in KiB on Linux
+    with tempfile.TemporaryDirectory() as scratch:
+        peak_file = Path(scratch) / "peak"
+        process = subprocess.run(
+            [sys.executable, "-c", PEAK_OF, str(peak_file), *command],
+            cwd=cwd,
+            env=python_first_env({**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        seconds = time.perf_counter() - start
+        output = process.stdout
+        if process.returncode != 0:
+            raise RuntimeError(f"`{' '.join(command)}` exited {process.returncode} in {cwd}:\n{output[-3000:]}")
+        return seconds, int(peak_file.read_text()) * 1024, output  # ru_maxrss is in KiB on Linux

@@ -11,14 +11,15 @@ holds only states.json: finetune then reads the tokens.
 
 Memory stays flat however many reviews: each split goes through the encoder a run of consecutive reviews at a
 time (at most CHUNK_TOKENS real tokens), read from the tokens file, and each run's features and states are
-written in place in their files (zh_sentiment/tensor_files.py) before the next is read.
+written in place in their files (zh_sentiment/tensor_files.py) before the next is read; and large blocks are
+returned to the system when freed (encoder.return_large_blocks), so that glibc's heap does not grow batch by batch.
 """
 
 import json
 
 import torch
 
-from zh_sentiment.encoder import choose_device, embed, load_encoder, use_all_cores
+from zh_sentiment.encoder import choose_device, embed, load_encoder, return_large_blocks, use_all_cores
 from zh_sentiment.errors import run
 from zh_sentiment.outputs import atomic_dir, write_json
 from zh_sentiment.params import load_params
@@ -78,6 +79,7 @@ def main() -> None:
     precision = choose_precision(params.precision, device)
     probe = precision_probe(params.precision, device)
     use_all_cores()
+    return_large_blocks()  # else glibc's heap grows with the number of batches
     model = load_encoder(tokenizer_info["model"], device, precision)
     start = first_trained_layer(all_params.finetune.layers, model.config.num_hidden_layers)
     print(f"embed: {tokenizer_info['model']} on {device} in {precision}, {params.pooling} pooling")
