@@ -313,9 +313,7 @@ def explainer_for(classifier, own_thread: bool = False) -> Explainer:
     if classifier.runtime != "torch":
         # ONNX Runtime gives no gradients: explain the PyTorch fp32 model that the export was validated against
         # (its logits within the bound model.json records)
-        from zh_sentiment.inference import load_model
-
-        classifier = load_model(classifier.folder, "cpu", "fp32", runtime="torch")
+        classifier = classifier.in_torch()
     if classifier.precision == "int8":
         raise PipelineError(
             "explanations need gradients, which int8 (dynamic quantization) does not give: "

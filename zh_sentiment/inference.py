@@ -258,6 +258,11 @@ class Encoded(Classifier):
     def drop_torch(self) -> None:
         """Free the PyTorch model a probe loaded, once another runtime is chosen."""
 
+    def in_torch(self) -> "Encoded":
+        """This model in PyTorch fp32 on the CPU, loaded again from its folder (with every check): what explains
+        a model served by ONNX Runtime, which gives no gradients."""
+        return load_model(self.folder, "cpu", "fp32", runtime="torch")
+
     def readable(self, texts: list[str]) -> list[str]:
         """Each text cut to what its first max_length tokens can come from, so that a 1 MB "review" is not
         tokenized whole: every token takes at least one character, so text[:CHARS_PER_TOKEN * max_length]
