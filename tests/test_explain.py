@@ -212,18 +212,22 @@ def test_explain_refuses_what_it_cannot_do_in_teis_error_shape(server, body, sta
 
 def test_a_second_explanation_at_once_gets_429_while_predict_still_answers(server):
     slow = {"inputs": [GOOD * 8] * 3, "steps": 500}  # seconds of work, even on the tiny model
-    outcome = {}
-    first = threading.Thread(target=lambda: outcome.update(first=server.post(slow, "/explain")[0]))
-    first.start()
-    refused, predicted = [], []
-    while first.is_alive() and not refused:
-        status, _ = server.post({"inputs": GOOD}, "/explain")
-        if status == 429:
-            refused.append(status)
-            started = time.monotonic()
-            predicted.append((server.post({"inputs": GOOD})[0], time.monotonic() - started))
-        time.sleep(0.05)
-    first.join()
+    for _ in range(3):  # on a loaded machine a probe may reach the server before the slow one: then again
+        outcome = {}
+        first = threading.Thread(target=lambda: outcome.update(first=server.post(slow, "/explain")[0]))
+        first.start()
+        time.sleep(0.2)
+        refused, predicted = [], []
+        while first.is_alive() and not refused:
+            status, _ = server.post({"inputs": GOOD}, "/explain")
+            if status == 429:
+                refused.append(status)
+                started = time.monotonic()
+                predicted.append((server.post({"inputs": GOOD})[0], time.monotonic() - started))
+            time.sleep(0.05)
+        first.join()
+        if outcome["first"] == 200:
+            break
     assert outcome["first"] == 200 and refused == [429]
     assert predicted[0][0] == 200 and predicted[0][1] < 5  # /predict is not queued behind the explanation
 
