@@ -212,8 +212,9 @@ def test_explain_refuses_what_it_cannot_do_in_teis_error_shape(server, body, sta
 
 def test_a_second_explanation_at_once_gets_429_while_predict_still_answers(server):
     slow = {"inputs": [GOOD * 8] * 3, "steps": 500}  # seconds of work, even on the tiny model
+    outcome = {}
     for _ in range(3):  # on a loaded machine a probe may reach the server before the slow one: then again
-        outcome = {}
+        outcome.clear()
         first = threading.Thread(target=lambda: outcome.update(first=server.post(slow, "/explain")[0]))
         first.start()
         time.sleep(0.2)
