@@ -19,9 +19,10 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertModel, BertTokenizer
+from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizer
 
-from zh_sentiment.encoder import embed, encode_texts, load_encoder, load_tokenizer
+from zh_sentiment.encoder import embed, encode_texts, load_classification_model, load_encoder, load_tokenizer
+from zh_sentiment.model_folder import SELF, describe, write_info
 from zh_sentiment.params import Params
 from zh_sentiment.sandbox import pristine_params, python_first_env
 
@@ -213,3 +214,23 @@ def run_child(command: list[str], cwd: Path, env: dict | None = None) -> tuple[f
         if process.returncode != 0:
             raise RuntimeError(f"`{' '.join(command)}` exited {process.returncode} in {cwd}:\n{output[-3000:]}")
         return seconds, int(peak_file.read_text()) * 1024, output  # ru_maxrss is in KiB on Linux
+
+
+def finetuned_folder(bert: Path, folder: Path, labels: list[str], max_length: int) -> Path:
+    """A models/finetuned-style folder from the BERT in `bert`: a fresh head (seed 0), its tokenizer, and
+    model.json with its fingerprint; for scoring speed and memory, not accuracy."""
+    torch.manual_seed(0)
+    load_classification_model(str(bert), labels).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(bert).save_pretrained(folder)
+    info = {
+        "model": SELF,
+        "max_length": max_length,
+        "pooling": "model",
+        "precision": "fp32",
+        "num_labels": len(labels),
+        "label_names": labels,
+        "validation": {"accuracy": 0.5},
+        "test": None,
+    }
+    write_info(folder, describe("finetuned", info, folder))
+    return folder

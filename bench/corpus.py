@@ -20,18 +20,14 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from transformers import AutoTokenizer
 
-from bench.common import Row, Setup, run_child
+from bench.common import Row, Setup, finetuned_folder, run_child
 from bench.ray_cluster import LOOPBACK, local_cluster
 from bench.real_reviews import find_archive, read_reviews, write_small_bert
 from zh_sentiment.baseline import save_baseline
-from zh_sentiment.encoder import load_classification_model
-from zh_sentiment.model_folder import SELF, describe, write_info
 from zh_sentiment.sandbox import ROOT
 from zh_sentiment.text import normalize_text
 
@@ -59,22 +55,7 @@ def write_shards(folder: Path, reviews: pd.DataFrame, rows: int, per_file: int) 
 
 
 def write_finetuned(folder: Path, texts: list[str]) -> Path:
-    bert = write_small_bert(folder.parent / "corpus-bert", texts)
-    torch.manual_seed(0)
-    load_classification_model(str(bert), LABELS).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(bert).save_pretrained(folder)
-    info = {
-        "model": SELF,
-        "max_length": 128,
-        "pooling": "model",
-        "precision": "fp32",
-        "num_labels": len(LABELS),
-        "label_names": LABELS,
-        "validation": {"accuracy": 0.5},
-        "test": None,
-    }
-    write_info(folder, describe("finetuned", info, folder))
-    return folder
+    return finetuned_folder(write_small_bert(folder.parent / "corpus-bert", texts), folder, LABELS, max_length=128)
 
 
 def write_baseline(folder: Path, reviews: pd.DataFrame) -> Path:

@@ -15,15 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy.special import softmax
-from transformers import AutoTokenizer
 
+from bench.common import finetuned_folder
 from tests.fixtures import reviews, write_tiny_bert
 from zh_sentiment import cli
-from zh_sentiment.encoder import load_classification_model
 from zh_sentiment.inference import load_model
-from zh_sentiment.model_folder import SELF, describe, write_info
 from zh_sentiment.sandbox import ROOT, python_first_env
 
 LABELS = ["negative", "positive"]
@@ -31,22 +28,7 @@ LABELS = ["negative", "positive"]
 
 def write_model(folder: Path) -> Path:
     """A models/finetuned-style folder: a tiny BERT and a fresh head, model.json with its fingerprint."""
-    bert = write_tiny_bert(folder.parent / "tiny-bert")
-    torch.manual_seed(0)
-    load_classification_model(str(bert), LABELS).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(bert).save_pretrained(folder)
-    info = {
-        "model": SELF,
-        "max_length": 64,
-        "pooling": "model",
-        "precision": "fp32",
-        "num_labels": len(LABELS),
-        "label_names": LABELS,
-        "validation": {"accuracy": 0.5},
-        "test": None,
-    }
-    write_info(folder, describe("finetuned", info, folder))
-    return folder
+    return finetuned_folder(write_tiny_bert(folder.parent / "tiny-bert"), folder, LABELS, max_length=64)
 
 
 def write_inputs(folder: Path, rows: int = 300) -> pd.DataFrame:
