@@ -22,7 +22,7 @@ import torch
 import transformers
 
 from bench.common import REAL, SMOKE, Setup
-from bench.readme import TABLE_FILE, update_table
+from bench.readme import TABLE_FILE, table_page, update_table
 from zh_sentiment.encoder import use_all_cores
 from zh_sentiment.outputs import write_json
 from zh_sentiment.sandbox import ROOT
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="keep the other measurements in --results; the table says which run each is",
     )
     args = parser.parse_args(argv)
+    table_page(args.table)  # now, not after the measuring
     scale = SMOKE if args.smoke else REAL
     use_all_cores()
     start = time.perf_counter()

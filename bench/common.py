@@ -221,7 +221,9 @@ def finetuned_folder(bert: Path, folder: Path, labels: list[str], max_length: in
     model.json with its fingerprint; for scoring speed and memory, not accuracy."""
     torch.manual_seed(0)
     load_classification_model(str(bert), labels).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(bert).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(bert)
+    tokenizer.model_max_length = max_length  # pipeline() truncates where the model reads up to
+    tokenizer.save_pretrained(folder)
     info = {
         "model": SELF,
         "max_length": max_length,

@@ -10,15 +10,14 @@
 """
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from bench.common import Row, Setup
-from bench.serving import BATCH_SIZE, free_port, serve_all, start_server, write_finetuned
+from bench.common import Row, Setup, finetuned_folder
+from bench.serving import BATCH_SIZE, LABELS, free_port, serve_all, start_server
 from zh_sentiment import onnx_export, runtime
 from zh_sentiment.inference import load_model
 from zh_sentiment.precision import choose_precision, cpuinfo
@@ -34,8 +33,7 @@ def cpu_flags() -> str:
 
 
 def exported_folder(setup: Setup) -> Path:
-    folder = setup.scratch / "onnx-finetuned"
-    shutil.copytree(write_finetuned(setup), folder)
+    folder = finetuned_folder(setup.model_dir, setup.scratch / "onnx-finetuned", LABELS, setup.scale.max_length)
     validation = setup.scratch / "onnx-validation.csv"
     pd.DataFrame({"text": setup.texts[:VALIDATION_REVIEWS]}).to_csv(validation, index=False)
     missing = setup.scratch / "no-test-split.csv"

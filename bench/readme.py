@@ -34,11 +34,19 @@ def table(results: dict) -> str:
 TABLE_FILE = ROOT / "docs" / "benchmark.md"  # README.md quotes a few of its figures and links to it
 
 
-def update_table(page: Path, results: dict) -> None:
-    """Replace what lies between the marker comments in the Markdown file `page` with the table of `results`."""
+def table_page(page: Path) -> str:
+    """The text of the Markdown file `page`, which has the markers to put the table between; else a clear exit."""
+    if not page.is_file():
+        raise SystemExit(f"{page}: no such file, so no table to regenerate there (--table)")
     text = page.read_text(encoding="utf-8")
     if START not in text or END not in text:
         raise SystemExit(f"{page}: no {START} ... {END} markers to put the benchmark table between")
+    return text
+
+
+def update_table(page: Path, results: dict) -> None:
+    """Replace what lies between the marker comments in the Markdown file `page` with the table of `results`."""
+    text = table_page(page)
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     with atomic_file(page) as tmp:

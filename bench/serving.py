@@ -23,13 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, pipeline
+from transformers import pipeline
 from transformers.utils import logging as transformers_logging
 
-from bench.common import Row, Setup, best_seconds
-from zh_sentiment.encoder import load_classification_model
+from bench.common import Row, Setup, best_seconds, finetuned_folder
 from zh_sentiment.inference import CPU_MIN_FILL, load_model, token_batches
-from zh_sentiment.model_folder import SELF, describe, write_info
 from zh_sentiment.sandbox import ROOT, command_dying_with_parent, python_first_env
 
 LABELS = ["negative", "positive"]
@@ -37,29 +35,6 @@ BATCH_SIZE = 32  # predict's default, and the pipeline's here
 CLIENTS = 16
 LATENCY_RUNS = 10
 PADDING_BATCHES = 6  # batches of CLIENTS reviews in the padding measurement
-
-
-def write_finetuned(setup: Setup) -> Path:
-    """A models/finetuned-style folder on the bench encoder: standard HF files plus model.json."""
-    folder = setup.scratch / "serving-finetuned"
-    torch.manual_seed(setup.seed)
-    model = load_classification_model(str(setup.model_dir), LABELS)
-    tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
-    tokenizer.model_max_length = setup.scale.max_length  # pipeline() truncates where the model reads up to
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    info = {
-        "model": SELF,
-        "max_length": setup.scale.max_length,
-        "pooling": "model",
-        "precision": "fp32",
-        "num_labels": len(LABELS),
-        "label_names": LABELS,
-        "validation": {"accuracy": 0.5},
-        "test": None,
-    }
-    write_info(folder, describe("finetuned", info, folder))
-    return folder
 
 
 def free_port() -> int:
@@ -149,7 +124,7 @@ def forward_seconds(model, tokens: dict, inputs: list[str], min_fill: float) -> 
 def measure(setup: Setup) -> list[Row]:
     transformers_logging.disable_progress_bar()
     texts, repeats = setup.texts, setup.scale.repeats
-    folder = write_finetuned(setup)
+    folder = finetuned_folder(setup.model_dir, setup.scratch / "serving-finetuned", LABELS, setup.scale.max_length)
     classifier = load_model(folder, device="cpu")
     classifier.score(texts[:2])  # warm-up: first calls plan kernels
     offline_seconds, _ = best_seconds(lambda: classifier.score(texts, BATCH_SIZE), repeats)

@@ -7,7 +7,6 @@ range, so a review's score moves (~1e-5) with the reviews that share its batch; 
 import json
 import shutil
 import sys
-import threading
 
 import numpy as np
 import onnxruntime as ort
@@ -22,7 +21,7 @@ from tests.test_serve import (  # noqa: F401  (collected here: the same specific
     MAX_BODY,
     MAX_CHARS,
     MAX_INPUTS,
-    as_dict,
+    assert_concurrent_requests_share_batches,
     test_a_doubtful_input_gets_a_warning_in_plain_words,
     test_a_list_of_texts_and_teis_batch_form_get_one_answer_per_text_in_order,
     test_a_text_over_the_character_limit_is_cut_before_reading_and_says_so,
@@ -169,28 +168,5 @@ def test_info_reports_the_runtime_and_why(info):
 
 
 def test_concurrent_requests_are_scored_together_and_keep_their_labels(server):
-    """test_serve's batching test; the scores within int8's batch-to-batch tolerance."""
-    clients = 16
-    before = server.metrics()
-    start = threading.Barrier(clients)
-    answers = [None] * clients
-
-    def client(i):
-        start.wait()
-        answers[i] = server.post({"inputs": GOOD if i % 2 else BAD})
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    after = server.metrics()
-    assert all(status == 200 for status, _ in answers)
-    _, good = server.post({"inputs": GOOD})
-    _, bad = server.post({"inputs": BAD})
-    for i, (_, answer) in enumerate(answers):
-        alone = good if i % 2 else bad
-        assert answer[0]["label"] == alone[0]["label"]
-        assert as_dict(answer) == pytest.approx(as_dict(alone), abs=1e-3)
-    assert after["zh_sentiment_batch_size_sum"] - before["zh_sentiment_batch_size_sum"] == clients
-    assert after["zh_sentiment_batch_size_count"] - before["zh_sentiment_batch_size_count"] < clients
+    """test_serve's batching test, the scores within int8's batch-to-batch tolerance."""
+    assert_concurrent_requests_share_batches(server, tolerance=1e-3)
