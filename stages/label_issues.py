@@ -2,9 +2,11 @@
 
 Reads data/clean (texts, labels, label names) and the cached features data/features/<split>.safetensors.
 Writes metrics/data/label_issues.csv (split, id, text, given_label, suggested_label, quality; worst
-first: the reviews to read) and metrics/data/label_issues.json (how many are flagged per split, and how
-accurate each model's out-of-fold predictions were, which says how far to trust the flags).
-A reviewer's decisions go to data/label_fixes.csv, which clean applies (README, "Fix the labels").
+first: the reviews still to read) and metrics/data/label_issues.json (how many are flagged per split, how
+many of those were decided already, and how accurate each model's out-of-fold predictions were, which says
+how far to trust the flags).
+A reviewer's decisions go to data/label_fixes.csv, which clean applies (README, "Fix the labels"); a review
+decided there (relabeled, or kept as labelled) is left out of the report, so that it is read once.
 """
 
 import json
@@ -14,11 +16,18 @@ import pandas as pd
 from safetensors.numpy import load_file
 
 from zh_sentiment.errors import PipelineError, run
-from zh_sentiment.label_fixes import review_id
+from zh_sentiment.label_fixes import read_decisions, review_id
 from zh_sentiment.label_issues import features_model, find_issues, make_folds, out_of_fold, tfidf_model
 from zh_sentiment.outputs import write_csv, write_json
 from zh_sentiment.params import load_params
-from zh_sentiment.paths import CLEAN_DIR, FEATURES_DIR, LABEL_ISSUES_COUNTS, LABEL_ISSUES_REPORT, LABELS_FILE
+from zh_sentiment.paths import (
+    CLEAN_DIR,
+    FEATURES_DIR,
+    LABEL_FIXES,
+    LABEL_ISSUES_COUNTS,
+    LABEL_ISSUES_REPORT,
+    LABELS_FILE,
+)
 
 REVIEWED = ("train", "validation")  # test is never looked at to choose anything
 
@@ -67,33 +76,38 @@ def main() -> None:
     accuracy["average"] = float((average.argmax(1) == labels).mean())
 
     flagged, quality = find_issues(labels, average)
-    issues = reviews.iloc[flagged].reset_index(drop=True)
+    decided = {decision.id for decision in read_decisions(LABEL_FIXES, names)}  # clean has checked them
+    ids = reviews["text"].map(review_id)
+    undecided = flagged[~ids.iloc[flagged].isin(decided).to_numpy()]
+    issues = reviews.iloc[undecided].reset_index(drop=True)
     write_csv(
         LABEL_ISSUES_REPORT,
         pd.DataFrame(
             {
                 "split": issues["split"],
-                "id": issues["text"].map(review_id),
+                "id": ids.iloc[undecided].to_numpy(),
                 "text": issues["text"],
-                "given_label": [names[i] for i in labels[flagged]],
-                "suggested_label": [names[i] for i in average[flagged].argmax(1)],
-                "quality": quality[flagged].round(6),
+                "given_label": [names[i] for i in labels[undecided]],
+                "suggested_label": [names[i] for i in average[undecided].argmax(1)],
+                "quality": quality[undecided].round(6),
             }
         ),
     )
     counts = {"models": list(settings.models), "folds": settings.folds, "out_of_fold_accuracy": accuracy}
+    flagged_rows = reviews.iloc[flagged]
     for split in REVIEWED:
-        in_split = issues[issues["split"] == split]
-        total = int((reviews["split"] == split).sum())
+        in_split = flagged_rows[flagged_rows["split"] == split]
+        total, to_read = int((reviews["split"] == split).sum()), int((issues["split"] == split).sum())
         counts[split] = {
             "reviews": total,
             "flagged": len(in_split),
             "flagged_share": round(len(in_split) / total, 6),
             "flagged_by_given_label": {name: int((in_split["label"] == i).sum()) for i, name in enumerate(names)},
+            "flagged_decided": len(in_split) - to_read,
         }
-        print(f"label_issues: {split}: {len(in_split)} of {total} reviews flagged")
+        print(f"label_issues: {split}: {len(in_split)} of {total} reviews flagged, {to_read} not yet decided")
     write_json(LABEL_ISSUES_COUNTS, counts)
-    print(f"label_issues: the flagged reviews, worst first, are in {LABEL_ISSUES_REPORT}")
+    print(f"label_issues: the flagged reviews not decided in {LABEL_FIXES}, worst first, are in {LABEL_ISSUES_REPORT}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ file stops clean with one line naming the line to fix."""
 
 import contextlib
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -76,8 +77,28 @@ def test_the_counts_per_split_match_the_report(noisy):
         in_split = issues[issues["split"] == split]
         assert counts[split]["flagged"] == len(in_split) > 0
         assert sum(counts[split]["flagged_by_given_label"].values()) == len(in_split)
+        assert counts[split]["flagged_decided"] == 0  # no decisions file here
         assert counts[split]["reviews"] == SIZES[split]
     assert 0.7 < counts["out_of_fold_accuracy"]["baseline"] < 0.95
+
+
+def test_reviews_decided_in_the_fixes_file_leave_the_report_and_are_counted(noisy, tmp_path):
+    """A review once read and decided (kept as labelled, or relabeled) is not listed again."""
+    root, _ = noisy
+    before = report(root)
+    kept = before[before["split"] == "train"].head(2)
+    decided = tmp_path / "decided"
+    shutil.copytree(root, decided)
+    (decided / "data/label_fixes.csv").write_text(
+        HEADER + "".join(f"{id},,keep,,read: the label is right\n" for id in kept["id"]), encoding="utf-8"
+    )
+    with contextlib.chdir(decided):
+        label_issues.main()
+    after = report(decided)
+    pd.testing.assert_frame_equal(after, before[~before["id"].isin(kept["id"])].reset_index(drop=True))
+    counts = json.loads((decided / "metrics/data/label_issues.json").read_text(encoding="utf-8"))
+    assert counts["train"]["flagged_decided"] == 2 and counts["validation"]["flagged_decided"] == 0
+    assert counts["train"]["flagged"] == (before["split"] == "train").sum()  # what the models flag is the same
 
 
 # The whole loop through the real `dvc repro`, on the fixture project (both models; the tiny encoder's features)
@@ -160,6 +181,15 @@ def test_a_drop_by_text_matches_the_cleaned_text_and_a_relabel_to_the_same_label
     assert report["train"]["rows_out"] == 2
 
 
+def test_a_keep_changes_nothing_but_must_name_a_review(tmp_path):
+    path = fixes_file(tmp_path, f"{review_id('早餐一般')},,keep,,read it\n")
+    splits, _, report = clean_splits(raw(), params(), fixes=path)
+    assert list(splits["train"]["label"]) == [1, 1, 0]
+    assert report["train"]["label_fixes"] == {"relabeled": 0, "dropped": 0}
+    with pytest.raises(PipelineError, match="match no review"):
+        clean_splits(raw(), params(), fixes=fixes_file(tmp_path, ",早餐很一般,keep,,\n"))
+
+
 def test_the_shipped_decisions_file_decides_nothing():
     path = ROOT / "data/label_fixes.csv"
     assert path.read_text(encoding="utf-8") == HEADER
@@ -188,7 +218,8 @@ WRONG_ID = "0123456789abcdef"
         ("{id},,drop,,\n,服务太差了,relabel,negative,\n", HEADER, "1 review(s) decided more than once (lines 2 and 3)"),
         ("{id},早餐一般,drop,,\n", HEADER, "line 2: the id and the text name different reviews"),
         ("{id},,drop,negative,\n", HEADER, "line 2: action drop takes no label (found 'negative')"),
-        ("{id},,fix,negative,\n", HEADER, "line 2: action 'fix' is not one of relabel, drop."),
+        ("{id},,keep,positive,\n", HEADER, "line 2: action keep takes no label (found 'positive')"),
+        ("{id},,fix,negative,\n", HEADER, "line 2: action 'fix' is not one of relabel, drop, keep."),
         (",,drop,,why\n", HEADER, "line 2: no id and no text"),
         (",服务太差了,好,drop,,\n", HEADER, "line 2: 6 cells, but the header names 5 columns."),
         ("{id},drop,\n", "id,action,new_label\n", "the header row is id,action,new_label; it must name the columns"),

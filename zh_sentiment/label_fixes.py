@@ -1,4 +1,5 @@
-"""Reviewed label decisions (data/label_fixes.csv), which the clean stage applies: relabel or drop a review.
+"""Reviewed label decisions (data/label_fixes.csv), which the clean stage applies: relabel or drop a review, or
+keep it as labelled (the label is right; label_issues stops listing the review, as it does a relabeled one).
 
 A decision names its review by `id` (as metrics/data/label_issues.csv shows it) or by `text`; the id is
 a hash of the cleaned text, so it stays the same when the source is re-fetched, reordered or re-split.
@@ -20,7 +21,7 @@ from zh_sentiment.text import normalize_text
 
 ID_LENGTH = 16  # hex digits of sha256: 64 bits, no collision among millions of reviews in practice
 COLUMNS = ("id", "text", "action", "label", "note")  # note: the reviewer's reason, for people only
-ACTIONS = ("relabel", "drop")
+ACTIONS = ("relabel", "drop", "keep")
 MAX_SHOWN = 5
 
 
@@ -91,8 +92,8 @@ def parse_decision(line: int, row: dict[str, str], names: list[str], path: Path)
     action, label = row["action"].strip(), row["label"].strip()
     if action not in ACTIONS:
         raise PipelineError(f"{where}: action '{action}' is not one of {', '.join(ACTIONS)}.")
-    if action == "drop" and label:
-        raise PipelineError(f"{where}: action drop takes no label (found '{label}'); clear it, or use relabel.")
+    if action != "relabel" and label:
+        raise PipelineError(f"{where}: action {action} takes no label (found '{label}'); clear it, or use relabel.")
     if action == "relabel" and label not in names:
         raise PipelineError(
             f"{where}: label '{label}' is not a label of this dataset; relabel to one of {', '.join(names)}."
@@ -120,7 +121,7 @@ def apply_decisions(
 ) -> tuple[dict[str, pd.DataFrame], dict[str, Counter]]:
     """`splits` (text, label id) with the decisions applied to every copy of each review, in any split,
     and per split how many rows were relabeled and dropped. A relabel to the label a row already
-    has changes nothing and is not counted."""
+    has changes nothing and is not counted; a keep changes nothing, but must name a review like any other."""
     ids = {name: frame["text"].map(review_id) for name, frame in splits.items()}
     unmatched = [d for d in decisions if not any((found == d.id).any() for found in ids.values())]
     if unmatched:
