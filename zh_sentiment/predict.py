@@ -127,10 +127,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def add_corpus_options(parser: argparse.ArgumentParser) -> None:
-    """Options for scoring a corpus (zh_sentiment/corpus.py, docs/corpus.md)."""
+    """Options for scoring a corpus (zh_sentiment/corpus/, docs/corpus.md)."""
     corpus = parser.add_argument_group("a corpus: --input a folder or glob, --output a folder of shards")
     corpus.add_argument("--id-column", help="column that identifies each row in the output (default: file and row)")
-    # no defaults here: an option given at all asks for the corpus path (corpus.py fills in the defaults)
+    # no defaults here: an option given at all asks for the corpus path (corpus/run.py fills in the defaults)
     corpus.add_argument("--processes", type=positive, help="processes scoring in parallel (default: 1)")
     corpus.add_argument("--rows-per-shard", type=positive, help="rows per output shard (default: 10000)")
     corpus.add_argument("--output-format", choices=("parquet", "csv"), help="of the shards (default: parquet)")
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
                 "--explain takes reviews as arguments or one CSV/TSV file: explaining costs about 12 predictions "
                 "per review, too much for a corpus. Explain a sample of it instead."
             )
-        from zh_sentiment.corpus import score_corpus  # pyarrow, and Ray with --ray, only when asked for
+        from zh_sentiment.corpus.run import score_corpus  # pyarrow, and Ray with --ray, only when asked for
 
         return score_corpus(args)
     if args.output:

@@ -2,7 +2,7 @@
 
 Ray Data runs it: a dataset of the parts still to do, map_batches over a pool of actors, each of which loads
 the model folder once (every check of open_model_folder, the fingerprint among them) and then reads, scores
-and writes one part per call with the same code as a local run (corpus.Scorer), into the same shards. So the
+and writes one part per call with the same code as a local run (scorer.Scorer), into the same shards. So the
 output is the local run's: same files, same columns, same resumption. Ray Data's own read_csv and
 write_parquet are not used: its CSV reader does not follow tables.py's rules (encoding detection, "NA" is a
 review), and its writer names files by the job, not by the rows they hold, so a re-run could not tell which
@@ -21,7 +21,8 @@ import socket
 import sys
 from pathlib import Path
 
-from zh_sentiment.corpus import Part, Scorer, Settings
+from zh_sentiment.corpus.parts import Part, Settings
+from zh_sentiment.corpus.scorer import Scorer
 from zh_sentiment.errors import PipelineError, first_line
 
 INSTALL = "pip install -r requirements-ray.txt"
