@@ -16,7 +16,7 @@ from bench.explain import fine_tune_small, fit_baseline
 from bench.real_reviews import build_splits, find_archive, read_reviews
 from tests.fixtures import NEGATIVE, POSITIVE
 from tests.server import running_server
-from tests.test_page import CHROMIUM, FLAGS, open_page
+from tests.test_page import browser, open_page  # noqa: F401 (browser: a fixture)
 from tests.test_predict import predict  # noqa: F401 (a fixture)
 from zh_sentiment.explain import (
     COMPLETENESS_TOLERANCE,
@@ -233,17 +233,7 @@ def test_a_second_explanation_at_once_gets_429_while_predict_still_answers(serve
     assert predicted[0][0] == 200 and predicted[0][1] < 5  # /predict is not queued behind the explanation
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield browser
-        browser.close()
-
-
-def test_the_page_colours_each_character_by_the_sign_of_its_contribution(browser, server):
+def test_the_page_colours_each_character_by_the_sign_of_its_contribution(browser, server):  # noqa: F811
     _, expected = server.post({"inputs": [GOOD, BAD]}, "/explain")
     with open_page(browser, server) as page:
         page.goto(server.url + "/")

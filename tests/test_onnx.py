@@ -18,9 +18,7 @@ from tests.test_serve import (  # noqa: F401  (collected here: the same specific
     BAD,
     GOOD,
     LONG,
-    MAX_BODY,
-    MAX_CHARS,
-    MAX_INPUTS,
+    SMALL_LIMITS,
     assert_concurrent_requests_share_batches,
     test_a_doubtful_input_gets_a_warning_in_plain_words,
     test_a_list_of_texts_and_teis_batch_form_get_one_answer_per_text_in_order,
@@ -144,8 +142,7 @@ def test_predict_says_which_runtime_and_answers_as_pytorch(exported):
 
 @pytest.fixture(scope="module")
 def server(exported):
-    limits = ["--max-inputs", str(MAX_INPUTS), "--max-input-chars", str(MAX_CHARS), "--max-body-bytes", str(MAX_BODY)]
-    with running_server(exported.path, "--model", "finetuned", "--runtime", "onnx-int8", *limits) as server:
+    with running_server(exported.path, "--model", "finetuned", "--runtime", "onnx-int8", *SMALL_LIMITS) as server:
         yield server
 
 

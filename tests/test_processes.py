@@ -35,6 +35,15 @@ def processes_in(folder: Path) -> set[int]:
     return found
 
 
+def kill_everything(folder: Path, process: subprocess.Popen) -> None:
+    """Whatever a test did, leave no process behind: those working in `folder`, and the one it started."""
+    for pid in processes_in(folder):
+        os.kill(pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
 def children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -92,12 +101,7 @@ class Started:
         return "".join(self.output)
 
     def kill_everything(self) -> None:
-        """Whatever the test did, leave no process behind."""
-        for pid in processes_in(self.project.path):
-            os.kill(pid, signal.SIGKILL)
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill_everything(self.project.path, self.process)
 
 
 def assert_one_message(output: str, message: str) -> None:

@@ -23,13 +23,13 @@ BAD = "房间" + NEGATIVE[0] + NEGATIVE[1] + "。"
 LONG = POSITIVE[0] * 60  # 120 characters, one token each: more than the fixtures' max_length of 64 tokens
 UNKNOWN = "xyz"  # no character of it is in the tiny BERT's vocabulary
 MAX_INPUTS, MAX_CHARS, MAX_BODY = 8, 500, 100_000
+SMALL_LIMITS = ("--max-inputs", str(MAX_INPUTS), "--max-input-chars", str(MAX_CHARS), "--max-body-bytes", str(MAX_BODY))
 
 
 @pytest.fixture(scope="module")
 def server(trained_project):
     """The fine-tuned model (a standard Hugging Face folder, what TEI serves too), with small limits."""
-    limits = ["--max-inputs", str(MAX_INPUTS), "--max-input-chars", str(MAX_CHARS), "--max-body-bytes", str(MAX_BODY)]
-    with running_server(trained_project.path, "--model", "finetuned", *limits) as server:
+    with running_server(trained_project.path, "--model", "finetuned", *SMALL_LIMITS) as server:
         yield server
 
 

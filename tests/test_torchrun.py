@@ -3,7 +3,6 @@ project, run the real stage as one job. It learns what two processes on one node
 and a node that goes stops the other with one message and leaves no process behind."""
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_processes import children, processes_in, wait_until
+from tests.test_processes import children, kill_everything, processes_in, wait_until
 from zh_sentiment.sandbox import python_first_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; prctl is Linux's")
@@ -54,11 +53,7 @@ class Node:
         return "process(es) on cpu" in self.output()
 
     def kill_everything(self) -> None:
-        for pid in processes_in(self.project.path):
-            os.kill(pid, signal.SIGKILL)
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
+        kill_everything(self.project.path, self.process)
 
 
 @pytest.fixture
