@@ -77,15 +77,16 @@ def main() -> None:
 
     flagged, quality = find_issues(labels, average)
     decided = {decision.id for decision in read_decisions(LABEL_FIXES, names)}  # clean has checked them
-    ids = reviews["text"].map(review_id)
-    undecided = flagged[~ids.iloc[flagged].isin(decided).to_numpy()]
+    flagged_ids = reviews["text"].iloc[flagged].map(review_id).to_numpy()
+    not_decided = ~np.isin(flagged_ids, list(decided))
+    undecided = flagged[not_decided]
     issues = reviews.iloc[undecided].reset_index(drop=True)
     write_csv(
         LABEL_ISSUES_REPORT,
         pd.DataFrame(
             {
                 "split": issues["split"],
-                "id": ids.iloc[undecided].to_numpy(),
+                "id": flagged_ids[not_decided],
                 "text": issues["text"],
                 "given_label": [names[i] for i in labels[undecided]],
                 "suggested_label": [names[i] for i in average[undecided].argmax(1)],
